@@ -1,0 +1,35 @@
+"""peft_mcdi: adapter weights generated, not trained (Mc-Di local consistency diffusion + Reptile)."""
+
+__version__ = "0.1.0.dev0"
+
+from peft_mcdi.generator.codec import TokenLayout, WeightCodec
+from peft_mcdi.generator.denoisers import DenoiserConfig
+from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
+from peft_mcdi.generator.schedulers import LocalConsistencyScheduler, SchedulerConfig
+from peft_mcdi.meta.tasks import Task, TaskSet, TaskSets, get_tasksets
+from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
+from peft_mcdi.zoo.recorder import RecorderConfig, collect
+from peft_mcdi.zoo.sam import SAM
+from peft_mcdi.zoo.store import ZooCorruptError, ZooStore
+
+
+__all__ = [
+    "SAM",
+    "DenoiserConfig",
+    "GeneratorConfig",
+    "LocalConsistencyScheduler",
+    "McDiGenerator",
+    "MetaTrainConfig",
+    "MetaTrainer",
+    "RecorderConfig",
+    "SchedulerConfig",
+    "Task",
+    "TaskSet",
+    "TaskSets",
+    "TokenLayout",
+    "WeightCodec",
+    "ZooCorruptError",
+    "ZooStore",
+    "collect",
+    "get_tasksets",
+]

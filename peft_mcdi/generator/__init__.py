@@ -1,0 +1,1 @@
+"""Diffusion engine: schedule, codec, denoisers, sampling, the generator artefact."""

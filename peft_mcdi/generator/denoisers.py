@@ -1,0 +1,274 @@
+"""Denoisers: networks that map (noisy weights x_t, step t, task condition) → ε-prediction, nothing more.
+
+They never see an alpha table (the scheduler owns those). Two families:
+
+* :class:`ResidualMLPDenoiser` — for flat weight vectors: residual MLP blocks modulated by adaLN-Zero from the step
+  and the condition (DiT-style FiLM).
+* :class:`TokenSetDenoiser` — for structured weights: a transformer over tokens without positional order, so it is
+  permutation-equivariant in class-row tokens (any number of classes), and addresses LoRA (layer, module) blocks with a
+  module-type embedding plus a relative-depth encoding. Its size depends on the block widths and the number of module
+  types, never on the number of layers (SPEC §3.2).
+
+Both take ``drop_condition`` (batch,) bool: those samples see a learned null condition instead of theirs. Training
+with random drops is what makes classifier-free guidance possible at sampling time.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Literal
+
+import torch
+from torch import nn
+
+from peft_mcdi.generator.codec import TokenLayout
+from peft_mcdi.generator.embeddings import RelativeDepthEncoding, TimestepEmbedding
+
+
+DENOISER_TYPES = ("mlp", "tokens")
+
+
+@dataclass
+class DenoiserConfig:
+    """Architecture of the denoiser; JSON round-trips. The paper does not specify one (SPEC §5)."""
+
+    type: Literal["mlp", "tokens"] = field(
+        default="mlp", metadata={"help": f"Denoiser family, one of {DENOISER_TYPES}."}
+    )
+    condition_dim: int = field(default=384, metadata={"help": "Width of the task condition (384 for MiniLM-L6)."})
+    hidden_dim: int = field(default=256, metadata={"help": "Width of the residual stream."})
+    num_layers: int = field(default=4, metadata={"help": "Number of residual (MLP) or transformer blocks."})
+    num_heads: int = field(default=4, metadata={"help": "Attention heads (tokens only)."})
+    mlp_ratio: float = field(default=2.0, metadata={"help": "Hidden width of each block's MLP, as a multiple."})
+    per_token_condition: bool = field(
+        default=False,
+        metadata={
+            "help": "tokens only: the condition is one vector per token (class prototypes tied to head rows), "
+            "shape (batch, N, condition_dim), instead of one per task."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if self.type not in DENOISER_TYPES:
+            raise ValueError(f"denoiser type must be one of {DENOISER_TYPES}, got {self.type!r}.")
+        for name in ("condition_dim", "hidden_dim", "num_layers", "num_heads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"denoiser {name} must be a positive int, got {value!r}.")
+        if self.type == "tokens" and self.hidden_dim % self.num_heads:
+            raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads}).")
+        if self.per_token_condition and self.type != "tokens":
+            raise ValueError("per_token_condition=True needs type='tokens'.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> DenoiserConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown denoiser config keys {unknown}; allowed: {sorted(known)}.")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class AdaLNBlock(nn.Module):
+    """x + gate·MLP(LN(x)·(1+scale) + shift) (preceded by the same around self-attention when ``num_heads`` > 0).
+
+    The modulation (shift, 1+scale, gate) comes from the step + condition embedding through a zero-initialised linear
+    map, so every block starts as the identity (adaLN-Zero). It is computed by :meth:`modulation` apart from the
+    block, because along a sampling chain it depends only on t: samplers compute it for all steps in one matmul.
+    """
+
+    def __init__(self, hidden_dim: int, mlp_ratio: float, num_heads: int = 0) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.num_mods = 6 if num_heads else 3
+        self.norm = nn.LayerNorm(hidden_dim, elementwise_affine=False, eps=1e-6)
+        self.modulation_proj = nn.Sequential(nn.SiLU(), nn.Linear(hidden_dim, self.num_mods * hidden_dim))
+        nn.init.zeros_(self.modulation_proj[1].weight)
+        nn.init.zeros_(self.modulation_proj[1].bias)
+        inner = int(hidden_dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(hidden_dim, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden_dim))
+        if num_heads:
+            self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
+            self.proj = nn.Linear(hidden_dim, hidden_dim)
+
+    def modulation(self, emb: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """emb (..., H) → (shift, 1 + scale, gate) × (1 or 2 sub-blocks), each (..., H)."""
+        mods = list(self.modulation_proj(emb).chunk(self.num_mods, dim=-1))
+        mods[1::3] = [m + 1 for m in mods[1::3]]
+        return tuple(mods)
+
+    def attention(self, x: torch.Tensor) -> torch.Tensor:
+        B, N, H = x.shape
+        q, k, v = self.qkv(x).view(B, N, 3, self.num_heads, H // self.num_heads).permute(2, 0, 3, 1, 4)  # (B,h,N,d)
+        # Written out rather than F.scaled_dot_product_attention: vmap (Reptile's batched inner loop) has a batching
+        # rule for these ops, not for the fused CPU kernel. No mask, no order: equivariant in the tokens.
+        att = (q @ k.transpose(-2, -1)) * (q.shape[-1] ** -0.5)
+        out = att.softmax(dim=-1) @ v
+        return self.proj(out.transpose(1, 2).reshape(B, N, H))
+
+    def forward(self, x: torch.Tensor, mods: tuple[torch.Tensor, ...]) -> torch.Tensor:
+        if x.dim() == 3:  # tokens: (B, H) modulations broadcast over the token axis
+            mods = tuple(m.unsqueeze(-2) for m in mods)
+        if self.num_heads:
+            shift, scale, gate = mods[:3]
+            x = torch.addcmul(x, gate, self.attention(torch.addcmul(shift, self.norm(x), scale)))
+        shift, scale, gate = mods[-3:]
+        return torch.addcmul(x, gate, self.mlp(torch.addcmul(shift, self.norm(x), scale)))
+
+
+class _Denoiser(nn.Module):
+    """What both families share: step embedding, condition projection with a learned null condition, output head."""
+
+    def __init__(self, config: DenoiserConfig, num_train_timesteps: int) -> None:
+        super().__init__()
+        self.config = config
+        H = config.hidden_dim
+        self.time_embed = TimestepEmbedding(num_train_timesteps, H)
+        self.cond_proj = nn.Sequential(nn.Linear(config.condition_dim, H), nn.SiLU(), nn.Linear(H, H))
+        self.null_condition = nn.Parameter(torch.zeros(H))
+
+    def embed_condition(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None) -> torch.Tensor:
+        """Condition (B, C) or (B, N, C) → (B, H) / (B, N, H); dropped samples get the null embedding.
+
+        Constant along a sampling chain, so samplers call it once and pass the result to :meth:`denoise`.
+        """
+        expect = 3 if self.config.per_token_condition else 2
+        if condition.dim() != expect or condition.shape[-1] != self.config.condition_dim:
+            want = "(batch, N, condition_dim)" if expect == 3 else "(batch, condition_dim)"
+            raise ValueError(
+                f"condition has shape {tuple(condition.shape)}, expected {want} with condition_dim="
+                f"{self.config.condition_dim}."
+            )
+        emb = self.cond_proj(condition.float())
+        if drop_condition is not None:
+            mask = drop_condition.view(-1, *([1] * (emb.dim() - 1)))
+            emb = torch.where(mask, self.null_condition.to(emb.dtype), emb)
+        return emb
+
+    def modulations(self, timesteps: torch.Tensor, cond_emb: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, the adaLN modulation for steps ``timesteps`` (..., B); a per-task condition joins the step
+        embedding here, a per-token one is added to the tokens instead (see :meth:`denoise`)."""
+        emb = self.time_embed.table()[timesteps]  # (..., B, H)
+        if not self.config.per_token_condition:
+            emb = emb + cond_emb
+        return [block.modulation(emb) for block in self.blocks]
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        condition: torch.Tensor,
+        drop_condition: torch.Tensor | None = None,
+        layout: TokenLayout | None = None,
+    ) -> torch.Tensor:
+        """sample (B, D), timesteps (B,) long, condition (B, C) [or (B, N, C)] → ε-prediction (B, D)."""
+        cond_emb = self.embed_condition(condition, drop_condition)
+        return self.denoise(sample, cond_emb, self.modulations(timesteps, cond_emb), layout)
+
+
+class ResidualMLPDenoiser(_Denoiser):
+    def __init__(self, config: DenoiserConfig, num_train_timesteps: int, sample_dim: int) -> None:
+        super().__init__(config, num_train_timesteps)
+        H = config.hidden_dim
+        self.sample_dim = sample_dim
+        self.proj_in = nn.Linear(sample_dim, H)
+        self.blocks = nn.ModuleList(AdaLNBlock(H, config.mlp_ratio) for _ in range(config.num_layers))
+        self.norm_out = nn.LayerNorm(H)
+        self.proj_out = nn.Linear(H, sample_dim)
+        nn.init.zeros_(self.proj_out.weight)
+        nn.init.zeros_(self.proj_out.bias)
+
+    def denoise(self, sample, cond_emb, mods, layout=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`embed_condition` and :meth:`modulations` outputs."""
+        if sample.shape[-1] != self.sample_dim:
+            raise ValueError(f"sample has width {sample.shape[-1]}, this denoiser expects {self.sample_dim}.")
+        h = self.proj_in(sample)
+        for block, block_mods in zip(self.blocks, mods):
+            h = block(h, block_mods)
+        return self.proj_out(self.norm_out(h))
+
+
+class TokenSetDenoiser(_Denoiser):
+    """Transformer over weight tokens; one input/output projection per token type (module name, or "row")."""
+
+    def __init__(self, config: DenoiserConfig, num_train_timesteps: int, token_dims: dict[str, int]) -> None:
+        super().__init__(config, num_train_timesteps)
+        H = config.hidden_dim
+        self.token_dims = dict(sorted(token_dims.items()))
+        self.proj_in = nn.ModuleDict({t: nn.Linear(d, H) for t, d in self.token_dims.items()})
+        self.proj_out = nn.ModuleDict({t: nn.Linear(H, d) for t, d in self.token_dims.items()})
+        for lin in self.proj_out.values():
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.type_embed = nn.Parameter(torch.zeros(len(self.token_dims), H))
+        self.depth_embed = RelativeDepthEncoding(H)
+        self.blocks = nn.ModuleList(
+            AdaLNBlock(H, config.mlp_ratio, num_heads=config.num_heads) for _ in range(config.num_layers)
+        )
+        self.norm_out = nn.LayerNorm(H)
+        self._index_cache: dict = {}
+
+    def _indices(self, layout: TokenLayout, device: torch.device) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """Per token type: (type, flat positions (n_type, d_type), token positions in the sequence (n_type,)).
+        Computed once per layout and device."""
+        key = (layout, device)
+        if key not in self._index_cache:
+            unknown = sorted(set(layout.types) - set(self.token_dims))
+            if unknown:
+                raise ValueError(f"layout has token types {unknown} this denoiser has no projection for; "
+                                 f"known types: {list(self.token_dims)}.")  # fmt: skip
+            groups = []
+            for name, dim in self.token_dims.items():
+                tok = [j for j, t in enumerate(layout.types) if t == name]
+                if not tok:
+                    continue
+                if any(layout.dims[j] != dim for j in tok):
+                    raise ValueError(f"tokens of type {name!r} must have width {dim}.")
+                starts = torch.tensor([layout.offsets[j] for j in tok], device=device)
+                flat = starts[:, None] + torch.arange(dim, device=device)  # (n_type, d_type)
+                groups.append((name, flat, torch.tensor(tok, device=device)))
+            self._index_cache[key] = groups
+        return self._index_cache[key]
+
+    def denoise(self, sample, cond_emb, mods, layout=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`embed_condition` and :meth:`modulations` outputs."""
+        if layout is None:
+            raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
+        expected = sum(layout.dims)
+        if sample.shape[-1] != expected:
+            raise ValueError(f"sample has width {sample.shape[-1]}, the token layout covers {expected}.")
+        B, N, H = sample.shape[0], layout.num_tokens, self.config.hidden_dim
+        groups = self._indices(layout, sample.device)
+        type_ids = {name: j for j, name in enumerate(self.token_dims)}
+        depth = self.depth_embed(torch.tensor(layout.depths, device=sample.device))  # (N, H)
+        h = sample.new_zeros(B, N, H)
+        for name, flat, tok in groups:  # one gather per token type, not per token
+            h[:, tok] = self.proj_in[name](sample[:, flat]) + self.type_embed[type_ids[name]]
+        h = h + depth
+        if self.config.per_token_condition:
+            if cond_emb.shape[1] != N:
+                raise ValueError(f"condition has {cond_emb.shape[1]} tokens, the sample has {N}.")
+            h = h + cond_emb
+        for block, block_mods in zip(self.blocks, mods):
+            h = block(h, block_mods)
+        h = self.norm_out(h)
+        out = sample.new_empty(sample.shape)
+        for name, flat, tok in groups:
+            out[:, flat] = self.proj_out[name](h[:, tok])
+        return out
+
+
+def build_denoiser(
+    config: DenoiserConfig, num_train_timesteps: int, sample_dim: int | None = None, token_dims=None
+) -> _Denoiser:
+    """Factory: ``mlp`` needs ``sample_dim``; ``tokens`` needs ``token_dims`` (type → token width)."""
+    if config.type == "mlp":
+        if sample_dim is None:
+            raise ValueError("the 'mlp' denoiser needs sample_dim.")
+        return ResidualMLPDenoiser(config, num_train_timesteps, sample_dim)
+    if not token_dims:
+        raise ValueError("the 'tokens' denoiser needs token_dims (type → token width).")
+    return TokenSetDenoiser(config, num_train_timesteps, token_dims)

@@ -1,0 +1,219 @@
+"""``McDiGenerator``: codec + denoiser + scheduler as one saveable artefact that turns conditions into weights."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peft_mcdi.generator.codec import TokenLayout, WeightCodec
+from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
+from peft_mcdi.generator.sampling import sample
+from peft_mcdi.generator.schedulers import SCHEDULER_CONFIG_NAME, LocalConsistencyScheduler, SchedulerConfig
+from peft_mcdi.meta.losses import LOSS_VARIANTS, LossNoise, diffusion_loss
+from peft_mcdi.utils import atomic_write, atomic_write_text
+
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class GeneratorConfig:
+    """Everything needed to rebuild a generator except its weights; JSON round-trips."""
+
+    codec: dict = field(
+        metadata={"help": "WeightCodec layout: {'shapes': {name: shape}, 'row_tokens': bool}, in vector order."}
+    )
+    denoiser: DenoiserConfig = field(default_factory=DenoiserConfig, metadata={"help": "Denoiser architecture."})
+    loss_variant: str = field(
+        default="mcdi",
+        metadata={"help": f"Training loss, one of {LOSS_VARIANTS}; Mv-Di is 'mcdi' with scheduler num_segments=1."},
+    )
+    loss_weighting: str = field(
+        default="epsilon",
+        metadata={"help": "'epsilon' (Mc-Di loss divided by 1−ᾱ_t: same minimiser, k=1 is exactly vanilla) or 'paper'."},
+    )
+    condition_dropout: float = field(
+        default=0.1, metadata={"help": "Probability of training with the null condition (enables guidance)."}
+    )
+    metadata: dict = field(default_factory=dict, metadata={"help": "Free-form provenance (base model, tasks, ...)."})
+    format_version: int = field(default=FORMAT_VERSION, metadata={"help": "On-disk format version."})
+
+    def __post_init__(self) -> None:
+        if isinstance(self.denoiser, dict):
+            self.denoiser = DenoiserConfig.from_dict(self.denoiser)
+        if self.loss_variant not in LOSS_VARIANTS:
+            raise ValueError(f"loss_variant must be one of {LOSS_VARIANTS}, got {self.loss_variant!r}.")
+        if self.loss_weighting not in ("epsilon", "paper"):
+            raise ValueError(f"loss_weighting must be 'epsilon' or 'paper', got {self.loss_weighting!r}.")
+        if not 0.0 <= self.condition_dropout < 1.0:
+            raise ValueError(f"condition_dropout must be in [0, 1), got {self.condition_dropout!r}.")
+        if not isinstance(self.codec, dict) or "shapes" not in self.codec:
+            raise ValueError("codec must be a dict with a 'shapes' entry (see WeightCodec.config()).")
+        if self.codec.get("row_tokens") and not self.denoiser.per_token_condition:
+            raise ValueError("a rows-layout codec (class-row tokens) needs denoiser.per_token_condition=True.")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GeneratorConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown generator config keys {unknown}; allowed: {sorted(known)}.")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class McDiGenerator(nn.Module):
+    """A meta-trained weight generator. ``generate(condition)`` returns a parameter dict; no gradient involved."""
+
+    def __init__(self, config: GeneratorConfig, scheduler_config: SchedulerConfig | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.scheduler = LocalConsistencyScheduler(scheduler_config or SchedulerConfig())
+        self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
+        T = self.scheduler.num_train_timesteps
+        if config.denoiser.type == "mlp":
+            if self.codec.row_tokens:
+                raise ValueError("the 'mlp' denoiser works on flat vectors; use denoiser type 'tokens' for row tokens.")
+            self.denoiser = build_denoiser(config.denoiser, T, sample_dim=self.codec.dim())
+        else:
+            token_dims = {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            self.denoiser = build_denoiser(config.denoiser, T, token_dims=token_dims)
+        # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
+        self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def device(self) -> torch.device:
+        return self.codec.mean.device
+
+    def layout(self, num_rows: int | None = None) -> TokenLayout | None:
+        if self.config.denoiser.type == "mlp":
+            return None
+        return self.codec.token_layout(num_rows)
+
+    def _num_rows(self, condition: torch.Tensor) -> int | None:
+        return condition.shape[-2] if self.codec.row_tokens else None
+
+    # --------------------------------------------------------------- training
+    def forward(
+        self, targets: torch.Tensor, condition: torch.Tensor, noise: LossNoise, layout: TokenLayout | None = None
+    ) -> torch.Tensor:
+        """Training forward: the loss of one task, targets (k, D) in codec space, condition (C,) or (N, C), and the
+        pre-drawn noise. A pure function of the parameters, so trainers can ``vmap`` it over a meta-batch."""
+        n = noise.timesteps.shape[0]
+
+        def denoise(x_t, t, drop):
+            return self.denoiser(x_t, t, condition.expand(n, *condition.shape), drop, layout)
+
+        return diffusion_loss(
+            denoise, self.scheduler, targets, noise, self.config.loss_variant, self.config.loss_weighting
+        )
+
+    # ------------------------------------------------------------- generation
+    @torch.inference_mode()
+    def generate_vectors(
+        self,
+        condition: torch.Tensor,
+        seed: int | list[int] = 0,
+        sampler: str = "ddpm",
+        num_inference_steps: int | None = None,
+        guidance_scale: float = 1.0,
+        return_chain: bool = False,
+    ):
+        """Batch of conditions (B, C) [(B, N, C) for heads] → normalised weight vectors (B, D)."""
+        condition = condition.to(self.device, torch.float32)
+        seeds = [seed] * condition.shape[0] if isinstance(seed, int) else list(seed)
+        num_rows = self._num_rows(condition)
+        return sample(
+            self.denoiser,
+            self.scheduler,
+            condition,
+            self.codec.dim(num_rows),
+            seeds,
+            sampler=sampler,
+            num_inference_steps=num_inference_steps,
+            guidance_scale=guidance_scale,
+            layout=self.layout(num_rows),
+            return_chain=return_chain,
+        )
+
+    def generate(self, condition: torch.Tensor, seed: int | list[int] = 0, **kwargs) -> dict[str, torch.Tensor]:
+        """Conditions (B, C) [(B, N, C) for heads] → {name: (B, *shape)} in fp32 on the generator's device.
+
+        ``seed``: one int (every task uses it: a task gets the same weights alone or in a batch) or one per task.
+        Other keyword arguments go to :meth:`generate_vectors` (sampler, num_inference_steps, guidance_scale).
+        """
+        return self.codec.decode(self.generate_vectors(condition, seed, **kwargs))
+
+    def nearest_training_distance(self, condition: torch.Tensor) -> torch.Tensor:
+        """L2 distance from each condition (B, C) to the nearest training condition; NaN if none are recorded."""
+        if self.train_conditions.shape[0] == 0:
+            return torch.full((condition.shape[0],), float("nan"))
+        flat = condition.reshape(condition.shape[0], -1, condition.shape[-1]).mean(1).to(self.train_conditions)
+        return torch.cdist(flat, self.train_conditions).min(dim=1).values
+
+    def set_training_conditions(self, conditions: torch.Tensor) -> None:
+        """Record the training tasks' conditions (per-token conditions are pooled to their mean)."""
+        if conditions.dim() == 3:
+            conditions = conditions.mean(1)
+        self.train_conditions = conditions.detach().float().to(self.device).clone()
+
+    # --------------------------------------------------------------- save/load
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """config.json + scheduler_config.json + model.safetensors (denoiser, codec statistics, conditions)."""
+        save_directory = Path(save_directory)
+        save_directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2))
+        self.scheduler.save_config(save_directory)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        atomic_write(save_directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        token: str | bool | None = None,
+        local_files_only: bool = False,
+        device: str | torch.device = "cpu",
+    ) -> McDiGenerator:
+        """Load from a local folder or a Hub repo id (usual Hub arguments)."""
+        folder = Path(pretrained_model_name_or_path)
+        if not folder.is_dir():
+            from huggingface_hub import snapshot_download
+
+            folder = Path(
+                snapshot_download(
+                    str(pretrained_model_name_or_path),
+                    revision=revision,
+                    cache_dir=cache_dir,
+                    token=token,
+                    local_files_only=local_files_only,
+                    allow_patterns=[CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, "*.md"],
+                )
+            )
+        for name in (CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} is not a McDiGenerator folder: {name} is missing.")
+        config = GeneratorConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
+        scheduler = LocalConsistencyScheduler.from_config_file(folder)
+        model = cls(config, scheduler.config)
+        try:
+            state = load_file(folder / WEIGHTS_NAME)
+        except (SafetensorError, OSError) as err:
+            raise ValueError(f"{folder / WEIGHTS_NAME} is corrupt or truncated ({err}).") from err
+        model.train_conditions = torch.zeros_like(state.get("train_conditions", model.train_conditions))
+        model.load_state_dict(state, strict=True)
+        return model.to(device)

@@ -1,0 +1,1 @@
+"""Meta-learning: tasks, losses, the generator training data and the Reptile / single-level trainer."""

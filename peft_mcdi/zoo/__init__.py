@@ -1,0 +1,1 @@
+"""Trajectory zoo: SAM, the recorder and the on-disk store."""

@@ -1,0 +1,102 @@
+"""Trajectory recorder: train each task from the shared θ₀ with Adam wrapped in SAM, keep θ₀ and the local targets
+(or every epoch), and write them to a :class:`~peft_mcdi.zoo.store.ZooStore` (SPEC §3.1)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from peft_mcdi.generator.schedulers import local_target_epochs
+from peft_mcdi.meta.tasks import Task
+from peft_mcdi.utils import stable_hash
+from peft_mcdi.zoo.sam import SAM
+from peft_mcdi.zoo.store import ZooStore
+
+
+@dataclass
+class RecorderConfig:
+    """How each task's trajectory is trained and what is kept. Part of the zoo's cache key."""
+
+    num_epochs: int = field(default=10, metadata={"help": "M, training epochs per task."})
+    lr: float = field(default=0.05, metadata={"help": "Adam learning rate."})
+    rho: float = field(default=0.05, metadata={"help": "SAM radius ρ (0 disables the ascent step)."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
+    keep_every_epoch: bool = field(
+        default=True,
+        metadata={"help": "Keep all M+1 checkpoints (any k can be trained later) instead of θ₀ and k targets only."},
+    )
+    num_segments: int = field(default=3, metadata={"help": "k, used to pick the targets when not keeping every epoch."})
+    seed: int = field(default=0, metadata={"help": "Seed of batch order and augmentation (mixed with the task id)."})
+
+    def __post_init__(self) -> None:
+        if self.num_epochs < 1:
+            raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}.")
+        if not 1 <= self.num_segments <= self.num_epochs:
+            raise ValueError(f"num_segments must be in [1, num_epochs={self.num_epochs}], got {self.num_segments}.")
+
+    def kept_epochs(self) -> list[int]:
+        if self.keep_every_epoch:
+            return list(range(self.num_epochs + 1))
+        return [0, *local_target_epochs(self.num_epochs, self.num_segments)]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, torch.Tensor]], float]:
+    """Train one task with Adam+SAM; returns {epoch: params} for the kept epochs and the last epoch's mean loss."""
+    generator = torch.Generator().manual_seed(int(stable_hash([config.seed, task.task_id]), 16) % (2**63))
+    params = {k: v.clone().requires_grad_(True) for k, v in task.init_params().items()}
+    optimizer = SAM(params.values(), torch.optim.Adam, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay)
+    keep = set(config.kept_epochs())
+    checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}
+    epoch_loss = float("nan")
+    for epoch in range(1, config.num_epochs + 1):
+        losses = []
+        for batch in task.train_batches(epoch, generator):
+            batch = task.augment(batch, generator)
+
+            def closure(batch=batch):
+                optimizer.zero_grad()
+                loss = task.loss(params, batch)
+                loss.backward()
+                return loss
+
+            losses.append(float(optimizer.step(closure).detach()))
+        epoch_loss = sum(losses) / max(len(losses), 1)
+        if not all(torch.isfinite(v).all() for v in params.values()) or epoch_loss != epoch_loss:
+            raise FloatingPointError(
+                f"task {task.task_id!r} diverged at epoch {epoch} (loss {epoch_loss}); lower RecorderConfig.lr."
+            )
+        if epoch in keep:
+            checkpoints[epoch] = {k: v.detach().clone() for k, v in params.items()}
+    return checkpoints, epoch_loss
+
+
+def collect(
+    tasks: Sequence[Task],
+    store: ZooStore,
+    config: RecorderConfig,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> list[str]:
+    """Record every task not yet in ``store``; with several processes, process ``rank`` takes tasks rank::world_size.
+
+    Finished tasks are skipped, so rerunning after an interruption continues where it stopped. Returns the ids
+    recorded by this call.
+    """
+    mine = list(tasks)[rank::world_size]
+    todo = [t for t in mine if not store.has(t.task_id)]
+    done = []
+    bar = tqdm(todo, desc=f"collect [{rank}/{world_size}]", unit="task", disable=not progress or not todo)
+    for task in bar:
+        checkpoints, final_loss = train_task(task, config)
+        store.write(task.task_id, checkpoints, task.condition, {"final_loss": final_loss,
+                                                                "num_epochs": config.num_epochs})  # fmt: skip
+        done.append(task.task_id)
+        bar.set_postfix(loss=f"{final_loss:.3f}")
+    return done
