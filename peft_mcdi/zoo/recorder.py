@@ -34,7 +34,7 @@ class RecorderConfig:
     def __post_init__(self) -> None:
         if self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}.")
-        if not 1 <= self.num_segments <= self.num_epochs:
+        if not self.keep_every_epoch and not 1 <= self.num_segments <= self.num_epochs:
             raise ValueError(f"num_segments must be in [1, num_epochs={self.num_epochs}], got {self.num_segments}.")
 
     def kept_epochs(self) -> list[int]:

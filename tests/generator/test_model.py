@@ -1,0 +1,139 @@
+"""The generator artefact: determinism, batch invariance, guidance, save/load, corrupt files."""
+
+import pytest
+import torch
+
+from peft_mcdi.generator.denoisers import DenoiserConfig
+from peft_mcdi.generator.model import WEIGHTS_NAME, GeneratorConfig, McDiGenerator
+from peft_mcdi.generator.schedulers import SchedulerConfig
+from tests.generator.test_codec import lora_shapes
+
+
+def make_generator(kind: str) -> McDiGenerator:
+    if kind == "mlp":
+        config = GeneratorConfig(codec={"shapes": {"weight": [16], "bias": []}},
+                                 denoiser=DenoiserConfig(condition_dim=4, hidden_dim=32, num_layers=2))  # fmt: skip
+    elif kind == "lora":
+        config = GeneratorConfig(codec={"shapes": lora_shapes()},
+                                 denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=32, num_layers=2))  # fmt: skip
+    else:
+        config = GeneratorConfig(
+            codec={"shapes": {"weight": [6], "bias": []}, "row_tokens": True},
+            denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=32, num_layers=2,
+                                    per_token_condition=True),
+        )  # fmt: skip
+    gen = McDiGenerator(config, SchedulerConfig(num_train_timesteps=10, num_segments=2))
+    with torch.no_grad():  # an untrained generator predicts 0 everywhere; give it non-trivial weights
+        for p in gen.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+        gen.codec.mean.normal_()
+        gen.codec.std.uniform_(0.5, 2.0)
+        gen.codec._refresh_flat_stats()
+    return gen
+
+
+def conditions(kind: str, B: int) -> torch.Tensor:
+    return torch.randn(B, 3, 4) if kind == "heads" else torch.randn(B, 4)
+
+
+KINDS = ["mlp", "lora", "heads"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_deterministic_under_a_seed(kind, sampler):
+    gen, c = make_generator(kind), conditions(kind, 2)
+    a = gen.generate_vectors(c, seed=3, sampler=sampler)
+    b = gen.generate_vectors(c, seed=3, sampler=sampler)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    other = gen.generate_vectors(c, seed=4, sampler=sampler)
+    assert not torch.allclose(a, other)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("guidance_scale", [1.0, 2.5])
+def test_batched_generation_equals_one_by_one(kind, guidance_scale):
+    gen, c = make_generator(kind), conditions(kind, 5)
+    batched = gen.generate_vectors(c, seed=7, guidance_scale=guidance_scale)
+    alone = torch.cat([gen.generate_vectors(c[j : j + 1], seed=7, guidance_scale=guidance_scale) for j in range(5)])
+    torch.testing.assert_close(batched, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_per_task_seeds_and_decoded_shapes():
+    gen = make_generator("lora")
+    c = conditions("lora", 3)
+    out = gen.generate(c, seed=[1, 2, 1])
+    for name, shape in gen.codec.shapes.items():
+        assert out[name].shape == (3, *shape)
+    name = gen.codec.names[0]
+    assert not torch.allclose(out[name][0], out[name][2])  # same seed, other condition: the condition matters
+    same = gen.generate(c[[0, 0, 0]], seed=[1, 1, 2])[name]
+    torch.testing.assert_close(same[0], same[1])  # same condition, same seed
+    assert not torch.allclose(same[0], same[2])  # same condition, other seed
+
+
+def test_guidance_is_the_cfg_combination():
+    """With DDIM and one step, the guided output is exactly x_T mapped with f_null + s·(f_cond − f_null)."""
+    gen, c = make_generator("mlp"), conditions("mlp", 1)
+    s = gen.scheduler
+    x_T = torch.randn(1, 17, generator=torch.Generator().manual_seed(5))
+    ts = torch.tensor([10])
+    f_c = gen.denoiser(x_T, ts, c)
+    f_u = gen.denoiser(x_T, ts, c, torch.tensor([True]))
+    f = f_u + 3.0 * (f_c - f_u)
+    expected = s.step(f, 10, 0, x_T, sampler="ddim")
+    got = gen.generate_vectors(c, seed=5, sampler="ddim", num_inference_steps=1, guidance_scale=3.0)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_save_load_gives_identical_samples(kind, tmp_path):
+    gen, c = make_generator(kind), conditions(kind, 2)
+    gen.set_training_conditions(conditions(kind, 6))
+    gen.save_pretrained(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "scheduler_config.json", WEIGHTS_NAME}
+    loaded = McDiGenerator.from_pretrained(tmp_path)
+    assert loaded.config == gen.config and loaded.scheduler.config == gen.scheduler.config
+    torch.testing.assert_close(loaded.generate_vectors(c, seed=1), gen.generate_vectors(c, seed=1), rtol=0, atol=0)
+    torch.testing.assert_close(loaded.nearest_training_distance(c), gen.nearest_training_distance(c))
+
+
+def test_truncated_weights_file_is_reported(tmp_path):
+    gen = make_generator("mlp")
+    gen.save_pretrained(tmp_path)
+    path = tmp_path / WEIGHTS_NAME
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError, match="corrupt or truncated"):
+        McDiGenerator.from_pretrained(tmp_path)
+
+
+def test_missing_files_are_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        McDiGenerator.from_pretrained(tmp_path)
+
+
+def test_wrong_condition_width_is_named():
+    gen = make_generator("mlp")
+    with pytest.raises(ValueError, match="condition_dim=4"):
+        gen.generate(torch.randn(1, 5))
+
+
+def test_nearest_training_distance():
+    gen = make_generator("mlp")
+    assert torch.isnan(gen.nearest_training_distance(torch.zeros(1, 4))).all()
+    gen.set_training_conditions(torch.tensor([[0.0, 0, 0, 0], [3.0, 4, 0, 0]]))
+    torch.testing.assert_close(gen.nearest_training_distance(torch.tensor([[3.0, 4, 0, 1]])), torch.tensor([1.0]))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"loss_variant": "ddpm"}, "loss_variant"),
+        ({"condition_dropout": 1.5}, "condition_dropout"),
+        ({"codec": {"shapes": {"w": [3]}, "row_tokens": True}}, "per_token_condition"),
+    ],
+)
+def test_bad_generator_config_names_the_argument(kwargs, match):
+    base = {"codec": {"shapes": {"w": [3]}}}
+    with pytest.raises(ValueError, match=match):
+        GeneratorConfig(**{**base, **kwargs})
