@@ -5,7 +5,7 @@ One outer step, both algorithms:
 1. The meta-batch has ``meta_batch_size`` slots. Slot j of outer step s draws its task and all its noise from a
    generator seeded by (seed, s, j), so the numbers do not depend on how slots are spread over processes.
 2. Each process evaluates its slots (j ≡ rank mod world) at once with ``torch.func.vmap``:
-   - Reptile: ``inner_steps`` SGD steps at ``inner_lr`` from φ on the slot's task → φ_j.
+   - Reptile: ``inner_steps`` SGD steps at ``inner_lr`` from φ on the slot's task → the delta φ_j − φ.
    - single-level: the gradient of the slot's loss at φ.
 3. The per-slot results are summed over processes (one all-reduce of a flat vector) and averaged, giving the outer
    pseudo-gradient: Reptile ``φ − mean_j φ_j``, single-level ``mean_j ∇L_j(φ)``. It is written to ``.grad`` and an
@@ -140,7 +140,9 @@ class MetaTrainer:
 
     # -------------------------------------------------------- one outer step
     def _local_sums(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Sum over this process's slots of φ_j (Reptile) or ∇L_j(φ) (single-level), and of the loss at φ."""
+        """Sum over this process's slots of the Reptile deltas φ_j − φ, or of ∇L_j(φ) (single-level), and of the loss
+        at φ. Deltas are accumulated directly rather than as φ_j: φ_j − φ would cancel catastrophically in float32,
+        and Adam would amplify that rounding noise (and make N processes disagree with one)."""
         targets, conditions, noise = self._draw_slots(step)
         params = {n: p.detach() for n, p in self.params.items()}
         buffers = dict(self.generator.named_buffers())
@@ -150,15 +152,16 @@ class MetaTrainer:
             )
             return {n: g.sum(0) for n, g in grads.items()}, losses.sum()
         m = targets.shape[0]
-        fast = {n: p.expand(m, *p.shape) for n, p in params.items()}  # φ_j, (m, *shape)
+        delta = {n: p.new_zeros(m, *p.shape) for n, p in params.items()}  # φ_j − φ, (m, *shape)
         first_loss = None
         for inner in range(self.config.inner_steps):  # the inner loop, for all slots at once
+            fast = {n: params[n] + delta[n] for n in params}
             grads, losses = vmap(self._grad_fn, in_dims=(0, None, 0, 0, 0, 0, 0, 0))(
                 fast, buffers, targets, conditions, *noise[inner]
             )
-            fast = {n: fast[n] - self.config.inner_lr * grads[n] for n in fast}
+            delta = {n: delta[n] - self.config.inner_lr * grads[n] for n in delta}
             first_loss = losses.sum() if first_loss is None else first_loss
-        return {n: f.sum(0) for n, f in fast.items()}, first_loss
+        return {n: d.sum(0) for n, d in delta.items()}, first_loss
 
     def _all_reduce(self, sums: dict[str, torch.Tensor], loss: torch.Tensor):
         if self.world_size == 1:
@@ -175,8 +178,9 @@ class MetaTrainer:
         with torch.no_grad():
             for name, p in self.params.items():
                 mean = sums[name] / mb
-                # Reptile pseudo-gradient φ − mean φ_j (so SGD gives φ + ζ·mean(φ_j − φ)); single-level: mean ∇L_j.
-                p.grad = (p - mean) if self.config.algorithm == "reptile" else mean
+                # Reptile pseudo-gradient φ − mean φ_j = −mean(φ_j − φ) (so SGD gives φ + ζ·mean(φ_j − φ));
+                # single-level: mean ∇L_j(φ).
+                p.grad = -mean if self.config.algorithm == "reptile" else mean
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
