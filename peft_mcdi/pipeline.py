@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork
 from peft_mcdi.evaluation import mean_of_zoo, median_ms, nearest_checkpoint_distance, nearest_task_indices
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
@@ -39,6 +40,9 @@ class PipelineConfig:
     loss_variant: str = field(default="mcdi", metadata={"help": "'mcdi' or 'twdi'."})
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout for guidance."})
     meta: MetaTrainConfig = field(default_factory=MetaTrainConfig, metadata={"help": "Meta-training loop."})
+    hypernetwork_steps: int = field(
+        default=2000, metadata={"help": "Training steps of the one-pass hypernetwork baseline (0: skip it)."}
+    )
     sampler: str = field(default="ddpm", metadata={"help": "'ddpm' or 'ddim' at evaluation."})
     num_inference_steps: int | None = field(default=None, metadata={"help": "Sampling steps (None: all T)."})
     eval_seed: int = field(default=0, metadata={"help": "Seed of the generation noise at evaluation."})
@@ -79,6 +83,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     train_ids = [t.task_id for t in tasksets.train]
     first = store.read(train_ids[0])
     codec = fit_codec(WeightCodec({n: list(v.shape[1:]) for n, v in first.params.items()}), store, train_ids, k)
+    torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
     generator = McDiGenerator(
         GeneratorConfig(codec=codec.config(), denoiser=config.denoiser, loss_variant=config.loss_variant,
                         condition_dropout=config.condition_dropout,
@@ -97,7 +102,13 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     log(f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}), "
         f"final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)")  # fmt: skip
 
-    results = evaluate_heldout(generator, store, tasksets, config)
+    hypernetwork = None
+    if config.hypernetwork_steps:
+        hypernetwork = OnePassHypernetwork(generator.config)
+        hypernetwork.codec.load_state_dict(generator.codec.state_dict())
+        hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=config.meta.seed, progress=progress)
+
+    results = evaluate_heldout(generator, store, tasksets, config, hypernetwork)
     results.update(config=config.to_dict(), history=history, meta_train_seconds=train_seconds, zoo=str(root))
     if output_dir is not None:
         generator.save_pretrained(output_dir / "generator")
@@ -106,9 +117,15 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
 
 
 @torch.no_grad()
-def evaluate_heldout(generator: McDiGenerator, store: ZooStore, tasksets, config: PipelineConfig) -> dict:
-    """Held-out metric of generated weights beside θ₀, mean of zoo, nearest training task and the per-task
-    reference, plus generation latency and the memorisation distance."""
+def evaluate_heldout(
+    generator: McDiGenerator,
+    store: ZooStore,
+    tasksets,
+    config: PipelineConfig,
+    hypernetwork: OnePassHypernetwork | None = None,
+) -> dict:
+    """Held-out metric of generated weights beside θ₀, mean of zoo, nearest training task, the one-pass
+    hypernetwork and the per-task reference, plus generation latency and the memorisation distance."""
     k = generator.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
     train_final, train_conditions = load_raw_targets(store, train_ids, 1)
@@ -119,9 +136,9 @@ def evaluate_heldout(generator: McDiGenerator, store: ZooStore, tasksets, config
     generated = generator.codec.decode(vectors)
     nearest = nearest_task_indices(train_conditions, test_conditions)
     mean = mean_of_zoo(train_final)
+    hyper = hypernetwork.generate(test_conditions) if hypernetwork is not None else None
 
-    methods: dict[str, list[float]] = {"generated": [], "nearest_task": [], "mean_of_zoo": [], "init": [],
-                                       "per_task_reference": []}  # fmt: skip
+    methods: dict[str, list[float]] = {}
     for j, task in enumerate(tasksets.test):
         reference = store.read(task.task_id)
         candidates = {
@@ -131,19 +148,24 @@ def evaluate_heldout(generator: McDiGenerator, store: ZooStore, tasksets, config
             "init": task.init_params(),
             "per_task_reference": {n: v[-1] for n, v in reference.params.items()},
         }
+        if hyper is not None:
+            candidates["hypernetwork"] = {n: v[j] for n, v in hyper.items()}
         for name, params in candidates.items():
-            methods[name].append(float(task.evaluate(params)))
+            methods.setdefault(name, []).append(float(task.evaluate(params)))
 
     zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1)
     single = test_conditions[:1]
     latency = median_ms(lambda: generator.generate_vectors(single, seed=0, **generate_kwargs))
-    return {
+    results = {
         "heldout_metric": {name: sum(v) / len(v) for name, v in methods.items()},
         "per_task": methods,
         "generation_ms_median": latency,
         "nearest_checkpoint_distance": float(nearest_checkpoint_distance(vectors, zoo_vectors).mean()),
         "num_test_tasks": len(tasksets.test),
     }
+    if hypernetwork is not None:
+        results["hypernetwork_ms_median"] = median_ms(lambda: hypernetwork.generate(single))
+    return results
 
 
 def format_results(results: dict) -> str:
@@ -152,4 +174,6 @@ def format_results(results: dict) -> str:
     for name, value in sorted(results["heldout_metric"].items(), key=lambda kv: kv[1]):
         lines.append(f"{name:<22} {value:.4f}")
     lines.append(f"generation latency (median, 1 task, encoder excluded): {results['generation_ms_median']:.2f} ms")
+    if "hypernetwork_ms_median" in results:
+        lines.append(f"one-pass hypernetwork latency (median, 1 task): {results['hypernetwork_ms_median']:.2f} ms")
     return "\n".join(lines)

@@ -1,0 +1,221 @@
+"""Engine benchmark: generation latency, peak memory and throughput of the Mc-Di generator, side by side with a
+one-pass hypernetwork of the same architecture, plus meta-training throughput. Numbers are as measured; the ratio
+to the baseline measured in the same process is the figure to compare across machines.
+
+    python benchmarks/engine.py                    # writes benchmarks/results/engine.{json,md}
+    python benchmarks/engine.py --device cuda      # on a GPU machine (memory from torch.cuda)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
+from peft_mcdi.evaluation import median_ms  # noqa: E402
+from peft_mcdi.generator.denoisers import DenoiserConfig  # noqa: E402
+from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator  # noqa: E402
+from peft_mcdi.meta.data import ZooTensors  # noqa: E402
+from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer  # noqa: E402
+
+
+RESULTS = Path(__file__).with_name("results")
+HIDDEN, LAYERS, HEADS, TEXT_DIM = 128, 2, 4, 384
+
+
+def lora_shapes(num_layers: int, r: int, d_in: int, d_q: int, d_v: int) -> dict[str, list[int]]:
+    """A LoRA set on q_proj/v_proj of every layer: A (r, d_in), B (d_out, r)."""
+    shapes = {}
+    for i in range(num_layers):
+        for module, d_out in (("q_proj", d_q), ("v_proj", d_v)):
+            shapes[f"model.layers.{i}.self_attn.{module}.lora_A.weight"] = [r, d_in]
+            shapes[f"model.layers.{i}.self_attn.{module}.lora_B.weight"] = [d_out, r]
+    return shapes
+
+
+# name → (codec config, per-token condition?, number of class rows)
+CASES = {
+    "lora-1e3": ({"shapes": lora_shapes(4, 4, 16, 16, 16)}, False, None),
+    "lora-1e4": ({"shapes": lora_shapes(8, 4, 80, 80, 80)}, False, None),
+    "lora-1e5": ({"shapes": lora_shapes(16, 8, 200, 200, 200)}, False, None),
+    "lora-1e6": ({"shapes": lora_shapes(32, 8, 1000, 1000, 1000)}, False, None),
+    # SmolLM2-135M, r = 8 on q/v of its 30 layers (hidden 576, 3 kv heads × 64 → v out 192): the ≤ 100 ms goal
+    "smollm2-qv-r8": ({"shapes": lora_shapes(30, 8, 576, 576, 192)}, False, None),
+    # 5-way head over EfficientNet-Lite0's 1280-d features, class-row tokens: the ≤ 5 ms goal
+    "head-5way-1280": ({"shapes": {"weight": [1280], "bias": []}, "row_tokens": True}, True, 5),
+}
+GOALS_MS = {"smollm2-qv-r8": 100.0, "head-5way-1280": 5.0}
+
+
+def build(case: str, method: str, device: str):
+    codec, per_token, _ = CASES[case]
+    config = GeneratorConfig(
+        codec=codec,
+        denoiser=DenoiserConfig(type="tokens", condition_dim=1280 if per_token else TEXT_DIM, hidden_dim=HIDDEN,
+                                num_layers=LAYERS, num_heads=HEADS, per_token_condition=per_token),
+    )  # fmt: skip
+    model = McDiGenerator(config) if method == "mcdi" else OnePassHypernetwork(config)
+    return model.to(device).eval()
+
+
+def conditions(case: str, batch: int, device: str) -> torch.Tensor:
+    _, per_token, rows = CASES[case]
+    shape = (batch, rows, 1280) if per_token else (batch, TEXT_DIM)
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def generate_fn(model, cond, method: str, **kwargs):
+    if method == "mcdi":
+        return lambda: model.generate_vectors(cond, seed=0, **kwargs)
+    return lambda: model.generate(cond)
+
+
+def num_params(case: str) -> int:
+    codec, _, rows = CASES[case]
+    per_unit = sum(int(torch.tensor(s).prod()) if s else 1 for s in codec["shapes"].values())
+    return per_unit * (rows or 1)
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def probe_memory(case: str, method: str, device: str) -> float:
+    """MB added at peak by one generation: CUDA allocator peak, or the process RSS high-water mark on CPU."""
+    model = build(case, method, device)
+    cond = conditions(case, 1, device)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        generate_fn(model, cond, method)()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    generate_fn(model, cond, method)()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+
+
+def memory_in_subprocess(case: str, method: str, device: str) -> float:
+    """Each memory probe runs in a fresh process so that earlier cases cannot hide its peak."""
+    out = subprocess.run([sys.executable, __file__, "--probe", case, method, "--device", device], capture_output=True,
+                         text=True, check=True)  # fmt: skip
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def bench_generation(device: str, repeats: int) -> list[dict]:
+    rows = []
+    for case in CASES:
+        row = {"case": case, "params": num_params(case)}
+        for method in ("mcdi", "hypernetwork"):
+            model = build(case, method, device)
+            one, batch = conditions(case, 1, device), conditions(case, 64, device)
+
+            def timed(fn):
+                return lambda: (fn(), sync(device))
+
+            row[f"{method}_ms"] = median_ms(timed(generate_fn(model, one, method)), repeats=repeats)
+            batch_ms = median_ms(timed(generate_fn(model, batch, method)), repeats=max(3, repeats // 5), warmup=1)
+            row[f"{method}_tasks_per_s_batch64"] = 64 / (batch_ms / 1e3)
+            row[f"{method}_peak_mb"] = memory_in_subprocess(case, method, device)
+            if method == "mcdi":
+                row["mcdi_ddim5_ms"] = median_ms(
+                    timed(generate_fn(model, one, method, sampler="ddim", num_inference_steps=5)), repeats=repeats
+                )
+                row["generator_params"] = sum(p.numel() for p in model.parameters())
+        row["latency_ratio_mcdi_over_hypernetwork"] = row["mcdi_ms"] / row["hypernetwork_ms"]
+        if case in GOALS_MS:
+            row["goal_ms"] = GOALS_MS[case]
+        print(json.dumps(row), flush=True)
+        rows.append(row)
+    return rows
+
+
+def bench_meta_training(device: str, steps: int) -> dict:
+    """Reptile throughput in the head setting (5-way × 1280-d, meta-batch 8, 3 inner steps, 32 draws per task)."""
+    case = "head-5way-1280"
+    model = build(case, "mcdi", device).train()
+    g = torch.Generator().manual_seed(0)
+    data = ZooTensors([f"t{i}" for i in range(64)], torch.randn(64, 3, 5 * 1281, generator=g),
+                      torch.randn(64, 5, 1280, generator=g))  # fmt: skip
+    config = MetaTrainConfig(meta_batch_size=8, inner_steps=3, samples_per_task=32)
+    trainer = MetaTrainer(model, data, config)
+    trainer.outer_step()
+    times = []
+    for _ in range(steps):
+        sync(device)
+        start = time.perf_counter()
+        trainer.outer_step()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    median = sorted(times)[len(times) // 2]
+    return {"setting": case, "meta_batch_size": 8, "inner_steps": 3, "samples_per_task": 32,
+            "outer_step_ms_median": median * 1e3, "tasks_per_s": 8 / median}  # fmt: skip
+
+
+def markdown(record: dict) -> str:
+    lines = [
+        f"# Engine benchmark ({record['device']}, {record['threads']} threads, torch {record['torch']})",
+        "",
+        f"Command: `{record['command']}`. Generator: token denoiser, hidden {HIDDEN}, {LAYERS} blocks, T = 20 DDPM "
+        "steps; baseline: a one-pass hypernetwork with the same network. Latency is the median for one task, "
+        "task encoder excluded; memory is the peak added by one generation (fresh process).",
+        "",
+        "| weights | params | Mc-Di ms (20 DDPM) | Mc-Di ms (5 DDIM) | hypernet ms | ratio | goal ms | Mc-Di tasks/s (64) "
+        "| hypernet tasks/s (64) | Mc-Di peak MB | hypernet peak MB | generator params |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in record["generation"]:
+        lines.append(
+            f"| {r['case']} | {r['params']:,} | {r['mcdi_ms']:.2f} | {r['mcdi_ddim5_ms']:.2f} | "
+            f"{r['hypernetwork_ms']:.2f} | {r['latency_ratio_mcdi_over_hypernetwork']:.1f}× | {r.get('goal_ms', '')} | "
+            f"{r['mcdi_tasks_per_s_batch64']:.0f} | {r['hypernetwork_tasks_per_s_batch64']:.0f} | "
+            f"{r['mcdi_peak_mb']:.1f} | {r['hypernetwork_peak_mb']:.1f} | {r['generator_params']:,} |"
+        )
+    m = record["meta_training"]
+    lines += ["", f"Meta-training ({m['setting']}, Reptile, meta-batch {m['meta_batch_size']}, {m['inner_steps']} "
+              f"inner steps, {m['samples_per_task']} draws/task): {m['outer_step_ms_median']:.1f} ms per outer step, "
+              f"{m['tasks_per_s']:.1f} tasks/s."]  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--meta-steps", type=int, default=10)
+    parser.add_argument("--out", default=str(RESULTS / "engine"))
+    parser.add_argument("--probe", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.probe:
+        print(probe_memory(*args.probe, args.device))
+        return
+    record = {
+        "command": "python benchmarks/engine.py " + " ".join(sys.argv[1:]),
+        "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or "cpu",
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "generation": bench_generation(args.device, args.repeats),
+        "meta_training": bench_meta_training(args.device, args.meta_steps),
+    }
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(record, indent=2))
+    out.with_suffix(".md").write_text(markdown(record))
+    print(markdown(record))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Baselines the generator is compared with (SPEC §4)."""

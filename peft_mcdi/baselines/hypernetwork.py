@@ -1,0 +1,53 @@
+"""One-pass hypernetwork (Text-to-LoRA style): condition → weights in a single forward pass, trained by regression
+on the zoo's final weights. It shares the generator's codec and denoiser architecture (same width and depth), fed a
+zero sample at step 0, so "diffusion vs one pass" compares like with like."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from peft_mcdi.generator.codec import WeightCodec
+from peft_mcdi.generator.denoisers import build_denoiser
+from peft_mcdi.generator.model import GeneratorConfig
+from peft_mcdi.meta.data import ZooTensors
+
+
+class OnePassHypernetwork(nn.Module):
+    def __init__(self, config: GeneratorConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
+        if config.denoiser.type == "mlp":
+            self.net = build_denoiser(config.denoiser, 1, sample_dim=self.codec.dim())
+        else:
+            token_dims = {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            self.net = build_denoiser(config.denoiser, 1, token_dims=token_dims)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        """Conditions (B, C) [(B, N, C)] → normalised weight vectors (B, D)."""
+        num_rows = condition.shape[-2] if self.codec.row_tokens else None
+        layout = None if self.config.denoiser.type == "mlp" else self.codec.token_layout(num_rows)
+        B = condition.shape[0]
+        zeros = condition.new_zeros(B, self.codec.dim(num_rows))
+        return self.net(zeros, torch.zeros(B, dtype=torch.long, device=condition.device), condition, layout=layout)
+
+    @torch.inference_mode()
+    def generate(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.codec.decode(self(condition.float()))
+
+    def fit(self, data: ZooTensors, num_steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
+            progress: bool = True) -> list[float]:  # fmt: skip
+        """Regress the final local target θ⁽ᵏ⁾ (codec space) from the condition with Adam; returns the loss curve."""
+        g = torch.Generator().manual_seed(seed)
+        optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
+        losses = []
+        for _ in tqdm(range(num_steps), desc="hypernetwork", disable=not progress):
+            rows = torch.randint(len(data), (batch_size,), generator=g)
+            loss = (self(data.conditions[rows]) - data.targets[rows, -1]).pow(2).mean()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        return losses

@@ -1,0 +1,61 @@
+"""End-to-end learning test: zoo → Reptile meta-training → generation for *held-out* descriptors.
+
+Margins come from the 5-seed sweep in benchmarks/results/e2e_margins.json (``python benchmarks/e2e_margins.py``),
+which runs exactly :func:`e2e_config`. There, over seeds 0-4, the generated weights' held-out loss was below the
+nearest training task's by {nearest_gap} (min) and below the mean of the zoo by {mean_gap} (min); the assertions use
+about half of each minimum so the test fails only when learning has really broken.
+"""
+
+import pytest
+
+from peft_mcdi.generator.denoisers import DenoiserConfig
+from peft_mcdi.meta.trainer import MetaTrainConfig
+from peft_mcdi.pipeline import PipelineConfig, format_results, run_pipeline
+from peft_mcdi.zoo.recorder import RecorderConfig
+
+
+def e2e_config(seed: int) -> PipelineConfig:
+    return PipelineConfig(
+        taskset_kwargs={"num_train_tasks": 200, "num_test_tasks": 40, "seed": seed, "num_train_examples": 256,
+                        "batch_size": 64},
+        recorder=RecorderConfig(num_epochs=10, lr=0.1),
+        denoiser=DenoiserConfig(type="mlp", condition_dim=4, hidden_dim=64, num_layers=2),
+        meta=MetaTrainConfig(num_outer_steps=1200, samples_per_task=8, seed=seed, outer_lr=2e-3),
+        hypernetwork_steps=500,
+    )
+
+
+NEAREST_MARGIN = 0.01
+MEAN_MARGIN = 0.1
+
+
+def test_generated_weights_beat_memorisation_baselines_on_heldout_tasks():
+    results = run_pipeline(e2e_config(seed=0), progress=False, log=lambda *_: None)
+    metric = results["heldout_metric"]
+    print(format_results(results))
+    assert metric["generated"] < metric["nearest_task"] - NEAREST_MARGIN
+    assert metric["generated"] < metric["mean_of_zoo"] - MEAN_MARGIN
+    # and it is a real generator, not a copy of the zoo: its weights are not zoo checkpoints
+    assert results["nearest_checkpoint_distance"] > 1e-2
+
+
+def test_heldout_tasks_never_reach_the_generator(tmp_path):
+    config = e2e_config(seed=1)
+    config.taskset_kwargs.update(num_train_tasks=12, num_test_tasks=4)
+    config.meta.num_outer_steps = 2
+    config.output_dir = str(tmp_path)
+    results = run_pipeline(config, progress=False, log=lambda *_: None)
+    from peft_mcdi.generator.model import McDiGenerator
+    from peft_mcdi.meta.tasks import get_tasksets
+
+    generator = McDiGenerator.from_pretrained(tmp_path / "generator")
+    tasks = get_tasksets("logistic", **config.taskset_kwargs)
+    train_conditions = tasks.train.conditions()
+    assert generator.train_conditions.shape == train_conditions.shape
+    assert (generator.train_conditions == train_conditions).all()
+    assert (generator.nearest_training_distance(tasks.test.conditions()) > 0).all()
+    assert results["num_test_tasks"] == 4
+
+
+if __name__ == "__main__":
+    pytest.main([__file__, "-s"])
