@@ -1,10 +1,13 @@
+from pathlib import Path
+
 from setuptools import find_packages, setup
+
 
 setup(
     name="peft_mcdi",
     version="0.1.0.dev0",
     description="Generated (not trained) PEFT adapters: Mc-Di local consistency diffusion with Reptile meta-learning.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["peft_mcdi", "peft_mcdi.*"]),
@@ -39,5 +42,4 @@ setup(
             "tensorboard",
         ],
     },
-    entry_points={"console_scripts": ["mcdi=peft_mcdi.cli:main"]},
 )

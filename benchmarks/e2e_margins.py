@@ -1,6 +1,6 @@
 """Evidence for the margins of tests/test_pipeline.py: run its exact configuration over several seeds.
 
-    python benchmarks/e2e_margins.py --seeds 0 1 2 3 4
+python benchmarks/e2e_margins.py --seeds 0 1 2 3 4
 """
 
 import argparse
@@ -28,15 +28,26 @@ def main() -> None:
     for seed in args.seeds:
         start = time.perf_counter()
         results = run_pipeline(e2e_config(seed), progress=False, log=lambda *_: None)
-        rows.append({"seed": seed, **results["heldout_metric"], "seconds": time.perf_counter() - start,
-                     "nearest_checkpoint_distance": results["nearest_checkpoint_distance"]})  # fmt: skip
+        rows.append(
+            {
+                "seed": seed,
+                **results["heldout_metric"],
+                "seconds": time.perf_counter() - start,
+                "nearest_checkpoint_distance": results["nearest_checkpoint_distance"],
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     summary = {
         "min_gap_to_nearest_task": min(r["nearest_task"] - r["generated"] for r in rows),
         "min_gap_to_mean_of_zoo": min(r["mean_of_zoo"] - r["generated"] for r in rows),
     }
-    record = {"command": " ".join(sys.argv), "torch": torch.__version__, "machine": platform.machine(),
-              "rows": rows, "summary": summary}  # fmt: skip
+    record = {
+        "command": " ".join(sys.argv),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "rows": rows,
+        "summary": summary,
+    }
     Path(args.out).write_text(json.dumps(record, indent=2))
     print(json.dumps(summary))
 

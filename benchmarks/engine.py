@@ -62,9 +62,15 @@ def build(case: str, method: str, device: str):
     codec, per_token, _ = CASES[case]
     config = GeneratorConfig(
         codec=codec,
-        denoiser=DenoiserConfig(type="tokens", condition_dim=1280 if per_token else TEXT_DIM, hidden_dim=HIDDEN,
-                                num_layers=LAYERS, num_heads=HEADS, per_token_condition=per_token),
-    )  # fmt: skip
+        denoiser=DenoiserConfig(
+            type="tokens",
+            condition_dim=1280 if per_token else TEXT_DIM,
+            hidden_dim=HIDDEN,
+            num_layers=LAYERS,
+            num_heads=HEADS,
+            per_token_condition=per_token,
+        ),
+    )
     model = McDiGenerator(config) if method == "mcdi" else OnePassHypernetwork(config)
     return model.to(device).eval()
 
@@ -110,8 +116,12 @@ def probe_memory(case: str, method: str, device: str) -> float:
 
 def memory_in_subprocess(case: str, method: str, device: str) -> float:
     """Each memory probe runs in a fresh process so that earlier cases cannot hide its peak."""
-    out = subprocess.run([sys.executable, __file__, "--probe", case, method, "--device", device], capture_output=True,
-                         text=True, check=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, __file__, "--probe", case, method, "--device", device],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
@@ -148,8 +158,9 @@ def bench_meta_training(device: str, steps: int) -> dict:
     case = "head-5way-1280"
     model = build(case, "mcdi", device).train()
     g = torch.Generator().manual_seed(0)
-    data = ZooTensors([f"t{i}" for i in range(64)], torch.randn(64, 3, 5 * 1281, generator=g),
-                      torch.randn(64, 5, 1280, generator=g))  # fmt: skip
+    data = ZooTensors(
+        [f"t{i}" for i in range(64)], torch.randn(64, 3, 5 * 1281, generator=g), torch.randn(64, 5, 1280, generator=g)
+    )
     config = MetaTrainConfig(meta_batch_size=8, inner_steps=3, samples_per_task=32)
     trainer = MetaTrainer(model, data, config)
     trainer.outer_step()
@@ -161,8 +172,14 @@ def bench_meta_training(device: str, steps: int) -> dict:
         sync(device)
         times.append(time.perf_counter() - start)
     median = sorted(times)[len(times) // 2]
-    return {"setting": case, "meta_batch_size": 8, "inner_steps": 3, "samples_per_task": 32,
-            "outer_step_ms_median": median * 1e3, "tasks_per_s": 8 / median}  # fmt: skip
+    return {
+        "setting": case,
+        "meta_batch_size": 8,
+        "inner_steps": 3,
+        "samples_per_task": 32,
+        "outer_step_ms_median": median * 1e3,
+        "tasks_per_s": 8 / median,
+    }
 
 
 def markdown(record: dict) -> str:
@@ -173,21 +190,25 @@ def markdown(record: dict) -> str:
         "steps; baseline: a one-pass hypernetwork with the same network. Latency is the median for one task, "
         "task encoder excluded; memory is the peak added by one generation (fresh process).",
         "",
-        "| weights | params | Mc-Di ms (20 DDPM) | Mc-Di ms (5 DDIM) | hypernet ms | ratio | goal ms | Mc-Di tasks/s (64) "
-        "| hypernet tasks/s (64) | Mc-Di peak MB | hypernet peak MB | generator params |",
+        "| weights | params | Mc-Di ms (20 DDPM) | Mc-Di ms (5 DDIM) | hypernet ms | ratio | goal ms "
+        "| Mc-Di tasks/s (64) | hypernet tasks/s (64) | Mc-Di peak MB | hypernet peak MB | generator params |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in record["generation"]:
         lines.append(
             f"| {r['case']} | {r['params']:,} | {r['mcdi_ms']:.2f} | {r['mcdi_ddim5_ms']:.2f} | "
-            f"{r['hypernetwork_ms']:.2f} | {r['latency_ratio_mcdi_over_hypernetwork']:.1f}× | {r.get('goal_ms', '')} | "
+            f"{r['hypernetwork_ms']:.2f} | {r['latency_ratio_mcdi_over_hypernetwork']:.1f}× | "
+            f"{r.get('goal_ms', '')} | "
             f"{r['mcdi_tasks_per_s_batch64']:.0f} | {r['hypernetwork_tasks_per_s_batch64']:.0f} | "
             f"{r['mcdi_peak_mb']:.1f} | {r['hypernetwork_peak_mb']:.1f} | {r['generator_params']:,} |"
         )
     m = record["meta_training"]
-    lines += ["", f"Meta-training ({m['setting']}, Reptile, meta-batch {m['meta_batch_size']}, {m['inner_steps']} "
-              f"inner steps, {m['samples_per_task']} draws/task): {m['outer_step_ms_median']:.1f} ms per outer step, "
-              f"{m['tasks_per_s']:.1f} tasks/s."]  # fmt: skip
+    lines += [
+        "",
+        f"Meta-training ({m['setting']}, Reptile, meta-batch {m['meta_batch_size']}, {m['inner_steps']} "
+        f"inner steps, {m['samples_per_task']} draws/task): {m['outer_step_ms_median']:.1f} ms per outer step, "
+        f"{m['tasks_per_s']:.1f} tasks/s.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -50,8 +50,12 @@ class PipelineConfig:
     zoo_dir: str | None = field(default=None, metadata={"help": "Zoo folder (default: cache, keyed by a hash)."})
 
     def __post_init__(self) -> None:
-        for name, cls in (("recorder", RecorderConfig), ("scheduler", SchedulerConfig), ("denoiser", DenoiserConfig),
-                          ("meta", MetaTrainConfig)):  # fmt: skip
+        for name, cls in (
+            ("recorder", RecorderConfig),
+            ("scheduler", SchedulerConfig),
+            ("denoiser", DenoiserConfig),
+            ("meta", MetaTrainConfig),
+        ):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
 
@@ -76,8 +80,10 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     # Held-out tasks are collected too, as the per-task fine-tuned reference; they never reach the generator.
     collect([*tasksets.train, *tasksets.test], store, config.recorder, progress=progress)
     store.write_manifest()
-    log(f"zoo: {len(tasksets.train)} training + {len(tasksets.test)} held-out tasks in {root} "
-        f"({time.perf_counter() - t0:.1f} s)")  # fmt: skip
+    log(
+        f"zoo: {len(tasksets.train)} training + {len(tasksets.test)} held-out tasks in {root} "
+        f"({time.perf_counter() - t0:.1f} s)"
+    )
 
     k = config.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
@@ -85,11 +91,15 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     codec = fit_codec(WeightCodec({n: list(v.shape[1:]) for n, v in first.params.items()}), store, train_ids, k)
     torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
     generator = McDiGenerator(
-        GeneratorConfig(codec=codec.config(), denoiser=config.denoiser, loss_variant=config.loss_variant,
-                        condition_dropout=config.condition_dropout,
-                        metadata={"taskset": config.taskset, "num_train_tasks": len(train_ids)}),
+        GeneratorConfig(
+            codec=codec.config(),
+            denoiser=config.denoiser,
+            loss_variant=config.loss_variant,
+            condition_dropout=config.condition_dropout,
+            metadata={"taskset": config.taskset, "num_train_tasks": len(train_ids)},
+        ),
         config.scheduler,
-    )  # fmt: skip
+    )
     generator.codec.load_state_dict(codec.state_dict())
     data = load_zoo_tensors(store, train_ids, generator.codec, k)
     generator.set_training_conditions(data.conditions)
@@ -99,8 +109,10 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     trainer = MetaTrainer(generator, data, config.meta, output_dir=output_dir / "train" if output_dir else None)
     history = trainer.train(progress=progress)
     train_seconds = time.perf_counter() - t0
-    log(f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}), "
-        f"final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)")  # fmt: skip
+    log(
+        f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}), "
+        f"final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)"
+    )
 
     hypernetwork = None
     if config.hypernetwork_steps:

@@ -2,8 +2,9 @@
 
 Margins come from the 5-seed sweep in benchmarks/results/e2e_margins.json (``python benchmarks/e2e_margins.py``),
 which runs exactly :func:`e2e_config`. There, over seeds 0-4, the generated weights' held-out loss was below the
-nearest training task's by {nearest_gap} (min) and below the mean of the zoo by {mean_gap} (min); the assertions use
-about half of each minimum so the test fails only when learning has really broken.
+nearest training task's by 0.026 at least (0.026-0.102 over seeds 0-5) and below the mean of the zoo by 0.389 at
+least; the assertions use about half of each minimum, so the test fails only when learning has really broken. (The
+one-pass hypernetwork, which regresses the mean trained weights, is better still on this family: see the issue note.)
 """
 
 import pytest
@@ -16,8 +17,13 @@ from peft_mcdi.zoo.recorder import RecorderConfig
 
 def e2e_config(seed: int) -> PipelineConfig:
     return PipelineConfig(
-        taskset_kwargs={"num_train_tasks": 200, "num_test_tasks": 40, "seed": seed, "num_train_examples": 256,
-                        "batch_size": 64},
+        taskset_kwargs={
+            "num_train_tasks": 200,
+            "num_test_tasks": 40,
+            "seed": seed,
+            "num_train_examples": 256,
+            "batch_size": 64,
+        },
         recorder=RecorderConfig(num_epochs=10, lr=0.1),
         denoiser=DenoiserConfig(type="mlp", condition_dim=4, hidden_dim=64, num_layers=2),
         meta=MetaTrainConfig(num_outer_steps=1200, samples_per_task=8, seed=seed, outer_lr=2e-3),
@@ -25,8 +31,8 @@ def e2e_config(seed: int) -> PipelineConfig:
     )
 
 
-NEAREST_MARGIN = 0.01
-MEAN_MARGIN = 0.1
+NEAREST_MARGIN = 0.013
+MEAN_MARGIN = 0.2
 
 
 def test_generated_weights_beat_memorisation_baselines_on_heldout_tasks():

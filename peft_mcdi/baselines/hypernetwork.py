@@ -22,7 +22,9 @@ class OnePassHypernetwork(nn.Module):
         if config.denoiser.type == "mlp":
             self.net = build_denoiser(config.denoiser, 1, sample_dim=self.codec.dim())
         else:
-            token_dims = {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            token_dims = (
+                {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            )
             self.net = build_denoiser(config.denoiser, 1, token_dims=token_dims)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
@@ -37,8 +39,15 @@ class OnePassHypernetwork(nn.Module):
     def generate(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.codec.decode(self(condition.float()))
 
-    def fit(self, data: ZooTensors, num_steps: int = 2000, batch_size: int = 32, lr: float = 1e-3, seed: int = 0,
-            progress: bool = True) -> list[float]:  # fmt: skip
+    def fit(
+        self,
+        data: ZooTensors,
+        num_steps: int = 2000,
+        batch_size: int = 32,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[float]:
         """Regress the final local target θ⁽ᵏ⁾ (codec space) from the condition with Adam; returns the loss curve."""
         g = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)

@@ -1,7 +1,7 @@
 """The toy family of SPEC §3.3: logistic-regression tasks whose optimum depends non-linearly on a task descriptor.
 
 A task is a descriptor z ∈ [−1, 1]^4 (its condition). A fixed random 2-layer tanh network maps z to the true
-weights w*(z) ∈ R^16 and bias b*(z); examples are x ~ N(0, I), y ~ Bernoulli(σ(w*·x + b*)). With 64 training
+weights w*(z) ∈ R^16 and bias b*(z); examples are x ~ N(0, I), y ~ Bernoulli(σ(w*·x + b*)). With 256 training
 examples a task's own trained weights are noisy estimates of w*, so a generator that has learned z ↦ weights across
 many tasks can beat both the average weights and the nearest training task's weights on unseen descriptors.
 """
@@ -24,9 +24,9 @@ class LogisticFamilyConfig:
     weight_scale: float = field(default=3.0, metadata={"help": "Typical norm of the true weights (sharpness)."})
     num_train_tasks: int = field(default=400, metadata={"help": "Tasks whose trajectories train the generator."})
     num_test_tasks: int = field(default=100, metadata={"help": "Held-out tasks (disjoint descriptors)."})
-    num_train_examples: int = field(default=64, metadata={"help": "Training examples per task."})
+    num_train_examples: int = field(default=256, metadata={"help": "Training examples per task."})
     num_test_examples: int = field(default=2000, metadata={"help": "Held-out examples per task for evaluation."})
-    batch_size: int = field(default=16, metadata={"help": "Mini-batch size of trajectory training."})
+    batch_size: int = field(default=64, metadata={"help": "Mini-batch size of trajectory training."})
     family_seed: int = field(default=0, metadata={"help": "Seed of the descriptor → optimum map (the family)."})
     seed: int = field(default=0, metadata={"help": "Seed of descriptors and examples (the split)."})
 
@@ -50,8 +50,9 @@ def true_parameters(descriptors: torch.Tensor, config: LogisticFamilyConfig) -> 
 
 
 class LogisticTask(Task):
-    def __init__(self, task_id: str, descriptor: torch.Tensor, truth: torch.Tensor, config: LogisticFamilyConfig,
-                 seed: int) -> None:  # fmt: skip
+    def __init__(
+        self, task_id: str, descriptor: torch.Tensor, truth: torch.Tensor, config: LogisticFamilyConfig, seed: int
+    ) -> None:
         self.task_id = task_id
         self.condition = descriptor
         self.config = config
@@ -93,9 +94,16 @@ def logistic_tasksets(**kwargs) -> TaskSets:
     descriptors = torch.rand(n, config.descriptor_dim, generator=g) * 2 - 1
     truths = true_parameters(descriptors, config)
     tasks = [
-        LogisticTask(f"{'train' if i < config.num_train_tasks else 'test'}-{i:05d}", descriptors[i], truths[i], config,
-                     seed=config.seed * 1_000_003 + i)  # fmt: skip
+        LogisticTask(
+            f"{'train' if i < config.num_train_tasks else 'test'}-{i:05d}",
+            descriptors[i],
+            truths[i],
+            config,
+            seed=config.seed * 1_000_003 + i,
+        )
         for i in range(n)
     ]
-    return TaskSets(TaskSet(tasks[: config.num_train_tasks], "logistic/train"),
-                    TaskSet(tasks[config.num_train_tasks :], "logistic/test"))  # fmt: skip
+    return TaskSets(
+        TaskSet(tasks[: config.num_train_tasks], "logistic/train"),
+        TaskSet(tasks[config.num_train_tasks :], "logistic/test"),
+    )

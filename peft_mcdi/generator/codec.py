@@ -48,8 +48,12 @@ class TokenLayout:
 
     @classmethod
     def rows(cls, num_rows: int, row_dim: int, type_name: str = "row") -> TokenLayout:
-        return cls((type_name,) * num_rows, (row_dim,) * num_rows, tuple(range(0, num_rows * row_dim, row_dim)),
-                   (0.0,) * num_rows)  # fmt: skip
+        return cls(
+            (type_name,) * num_rows,
+            (row_dim,) * num_rows,
+            tuple(range(0, num_rows * row_dim, row_dim)),
+            (0.0,) * num_rows,
+        )
 
 
 _LORA_SUFFIX = re.compile(r"\.lora_[AB](\.[^.]+)?$")
@@ -80,7 +84,9 @@ class WeightCodec(nn.Module):
         super().__init__()
         if not shapes:
             raise ValueError("shapes must name at least one tensor.")
-        self.shapes: dict[str, tuple[int, ...]] = {name: tuple(int(s) for s in shape) for name, shape in shapes.items()}
+        self.shapes: dict[str, tuple[int, ...]] = {
+            name: tuple(int(s) for s in shape) for name, shape in shapes.items()
+        }
         self.row_tokens = row_tokens
         self.numels = [math.prod(s) for s in self.shapes.values()]
         n = len(self.shapes)

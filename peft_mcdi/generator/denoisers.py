@@ -89,7 +89,9 @@ class AdaLNBlock(nn.Module):
         nn.init.zeros_(self.modulation_proj[1].weight)
         nn.init.zeros_(self.modulation_proj[1].bias)
         inner = int(hidden_dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(hidden_dim, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden_dim))
+        self.mlp = nn.Sequential(
+            nn.Linear(hidden_dim, inner), nn.GELU(approximate="tanh"), nn.Linear(inner, hidden_dim)
+        )
         if num_heads:
             self.qkv = nn.Linear(hidden_dim, 3 * hidden_dim)
             self.proj = nn.Linear(hidden_dim, hidden_dim)
@@ -148,9 +150,9 @@ class _Denoiser(nn.Module):
             emb = torch.where(mask, self.null_condition.to(emb.dtype), emb)
         return emb
 
-    def modulations(self, timesteps: torch.Tensor, cond_emb: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
-        """Per block, the adaLN modulation for steps ``timesteps`` (..., B); a per-task condition joins the step
-        embedding here, a per-token one is added to the tokens instead (see :meth:`denoise`)."""
+    def modulations(self, timesteps: torch.Tensor, cond_emb: torch.Tensor | None) -> list[tuple[torch.Tensor, ...]]:
+        """Per block, the adaLN modulation for steps ``timesteps`` (..., B); a per-task condition (B, H) joins the
+        step embedding here, a per-token one goes into :meth:`token_bias` instead (pass ``None``)."""
         emb = self.time_embed.table()[timesteps]  # (..., B, H)
         if not self.config.per_token_condition:
             emb = emb + cond_emb
@@ -166,7 +168,12 @@ class _Denoiser(nn.Module):
     ) -> torch.Tensor:
         """sample (B, D), timesteps (B,) long, condition (B, C) [or (B, N, C)] → ε-prediction (B, D)."""
         cond_emb = self.embed_condition(condition, drop_condition)
-        return self.denoise(sample, cond_emb, self.modulations(timesteps, cond_emb), layout)
+        mods = self.modulations(timesteps, None if self.config.per_token_condition else cond_emb)
+        return self.denoise(sample, mods, self.token_bias(cond_emb, layout), layout)
+
+    def token_bias(self, cond_emb: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor | None:
+        """Per-token additive embedding (token denoisers only); see :meth:`TokenSetDenoiser.token_bias`."""
+        return None
 
 
 class ResidualMLPDenoiser(_Denoiser):
@@ -181,8 +188,8 @@ class ResidualMLPDenoiser(_Denoiser):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def denoise(self, sample, cond_emb, mods, layout=None) -> torch.Tensor:
-        """sample (B, D) → ε-prediction (B, D), given :meth:`embed_condition` and :meth:`modulations` outputs."""
+    def denoise(self, sample, mods, token_bias=None, layout=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations` (the condition enters through them)."""
         if sample.shape[-1] != self.sample_dim:
             raise ValueError(f"sample has width {sample.shape[-1]}, this denoiser expects {self.sample_dim}.")
         h = self.proj_in(sample)
@@ -191,8 +198,25 @@ class ResidualMLPDenoiser(_Denoiser):
         return self.proj_out(self.norm_out(h))
 
 
+@dataclass(frozen=True)
+class _TypeGroup:
+    """The tokens of one type: where they sit in the flat sample and in the token sequence."""
+
+    name: str
+    type_id: int
+    dim: int
+    start: int | None  # first flat position when the group's tokens are back to back, else None
+    flat: torch.Tensor  # (n, dim) flat positions, for the general gather/scatter
+    tokens: torch.Tensor  # (n,) token indices in layout order
+
+
 class TokenSetDenoiser(_Denoiser):
-    """Transformer over weight tokens; one input/output projection per token type (module name, or "row")."""
+    """Transformer over weight tokens; one input/output projection per token type (module name, or "row").
+
+    The sequence is the tokens grouped by type (attention has no order, so grouping changes nothing but cost): each
+    type is read with one slice (or one gather when its tokens are interleaved with others) and written back the same
+    way. Codecs that lay LoRA out module-major (all q_proj blocks, then all v_proj blocks) get slices only.
+    """
 
     def __init__(self, config: DenoiserConfig, num_train_timesteps: int, token_dims: dict[str, int]) -> None:
         super().__init__(config, num_train_timesteps)
@@ -209,55 +233,81 @@ class TokenSetDenoiser(_Denoiser):
             AdaLNBlock(H, config.mlp_ratio, num_heads=config.num_heads) for _ in range(config.num_layers)
         )
         self.norm_out = nn.LayerNorm(H)
-        self._index_cache: dict = {}
+        self._plans: dict = {}
 
-    def _indices(self, layout: TokenLayout, device: torch.device) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
-        """Per token type: (type, flat positions (n_type, d_type), token positions in the sequence (n_type,)).
-        Computed once per layout and device."""
+    def _plan(self, layout: TokenLayout, device: torch.device) -> tuple[list[_TypeGroup], torch.Tensor, bool]:
+        """(groups, sequence order as layout token indices, whether every group is a slice). Cached per layout."""
         key = (layout, device)
-        if key not in self._index_cache:
+        if key not in self._plans:
             unknown = sorted(set(layout.types) - set(self.token_dims))
             if unknown:
-                raise ValueError(f"layout has token types {unknown} this denoiser has no projection for; "
-                                 f"known types: {list(self.token_dims)}.")  # fmt: skip
+                raise ValueError(
+                    f"layout has token types {unknown} this denoiser has no projection for; "
+                    f"known types: {list(self.token_dims)}."
+                )
             groups = []
-            for name, dim in self.token_dims.items():
+            for type_id, (name, dim) in enumerate(self.token_dims.items()):
                 tok = [j for j, t in enumerate(layout.types) if t == name]
                 if not tok:
                     continue
                 if any(layout.dims[j] != dim for j in tok):
                     raise ValueError(f"tokens of type {name!r} must have width {dim}.")
-                starts = torch.tensor([layout.offsets[j] for j in tok], device=device)
-                flat = starts[:, None] + torch.arange(dim, device=device)  # (n_type, d_type)
-                groups.append((name, flat, torch.tensor(tok, device=device)))
-            self._index_cache[key] = groups
-        return self._index_cache[key]
+                starts = [layout.offsets[j] for j in tok]
+                back_to_back = starts == list(range(starts[0], starts[0] + dim * len(tok), dim))
+                flat = torch.tensor(starts, device=device)[:, None] + torch.arange(dim, device=device)
+                groups.append(_TypeGroup(name, type_id, dim, starts[0] if back_to_back else None, flat,
+                                         torch.tensor(tok, device=device)))  # fmt: skip
+            order = torch.cat([g.tokens for g in groups])
+            self._plans[key] = (groups, order, all(g.start is not None for g in groups))
+        return self._plans[key]
 
-    def denoise(self, sample, cond_emb, mods, layout=None) -> torch.Tensor:
-        """sample (B, D) → ε-prediction (B, D), given :meth:`embed_condition` and :meth:`modulations` outputs."""
+    def token_bias(self, cond_emb: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor:
+        """What is added to every token before the blocks, in sequence order: its type embedding, its relative-depth
+        encoding and, for per-token conditions, its condition. (B or 1, N, H); constant along a sampling chain."""
         if layout is None:
             raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
-        expected = sum(layout.dims)
-        if sample.shape[-1] != expected:
-            raise ValueError(f"sample has width {sample.shape[-1]}, the token layout covers {expected}.")
-        B, N, H = sample.shape[0], layout.num_tokens, self.config.hidden_dim
-        groups = self._indices(layout, sample.device)
-        type_ids = {name: j for j, name in enumerate(self.token_dims)}
-        depth = self.depth_embed(torch.tensor(layout.depths, device=sample.device))  # (N, H)
-        h = sample.new_zeros(B, N, H)
-        for name, flat, tok in groups:  # one gather per token type, not per token
-            h[:, tok] = self.proj_in[name](sample[:, flat]) + self.type_embed[type_ids[name]]
-        h = h + depth
+        groups, order, _ = self._plan(layout, cond_emb.device)
+        type_ids = torch.cat([torch.full_like(g.tokens, g.type_id) for g in groups])
+        depths = torch.tensor(layout.depths, device=cond_emb.device)[order]
+        bias = (self.type_embed[type_ids] + self.depth_embed(depths))[None]  # (1, N, H)
         if self.config.per_token_condition:
-            if cond_emb.shape[1] != N:
-                raise ValueError(f"condition has {cond_emb.shape[1]} tokens, the sample has {N}.")
-            h = h + cond_emb
+            if cond_emb.shape[1] != layout.num_tokens:
+                raise ValueError(f"condition has {cond_emb.shape[1]} tokens, the sample has {layout.num_tokens}.")
+            bias = bias + cond_emb[:, order]
+        return bias
+
+    def denoise(self, sample, mods, token_bias, layout=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations` and :meth:`token_bias`."""
+        if layout is None:
+            raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
+        if sample.shape[-1] != sum(layout.dims):
+            raise ValueError(f"sample has width {sample.shape[-1]}, the token layout covers {sum(layout.dims)}.")
+        groups, _, all_slices = self._plan(layout, sample.device)
+        B = sample.shape[0]
+        pieces = []
+        for g in groups:  # (B, n_type, d_type): one slice or gather per token type, never one per token
+            n = g.tokens.shape[0]
+            x = (
+                sample[:, g.start : g.start + n * g.dim].view(B, n, g.dim)
+                if g.start is not None
+                else sample[:, g.flat]
+            )
+            pieces.append(self.proj_in[g.name](x))
+        h = torch.cat(pieces, dim=1) + token_bias  # (B, N, H), sequence order
         for block, block_mods in zip(self.blocks, mods):
             h = block(h, block_mods)
         h = self.norm_out(h)
+        outs, offset = [], 0
+        for g in groups:
+            n = g.tokens.shape[0]
+            outs.append(self.proj_out[g.name](h[:, offset : offset + n]))  # (B, n_type, d_type)
+            offset += n
+        if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
+            ordered = sorted(zip(groups, outs), key=lambda pair: pair[0].start)
+            return torch.cat([o.reshape(B, -1) for _, o in ordered], dim=1)
         out = sample.new_empty(sample.shape)
-        for name, flat, tok in groups:
-            out[:, flat] = self.proj_out[name](h[:, tok])
+        for g, o in zip(groups, outs):
+            out[:, g.flat] = o
         return out
 
 

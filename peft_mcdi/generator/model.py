@@ -39,7 +39,9 @@ class GeneratorConfig:
     )
     loss_weighting: str = field(
         default="epsilon",
-        metadata={"help": "'epsilon' (Mc-Di loss divided by 1−ᾱ_t: same minimiser, k=1 is exactly vanilla) or 'paper'."},
+        metadata={
+            "help": "'epsilon' (Mc-Di loss divided by 1−ᾱ_t: same minimiser, k=1 is exactly vanilla) or 'paper'."
+        },
     )
     condition_dropout: float = field(
         default=0.1, metadata={"help": "Probability of training with the null condition (enables guidance)."}
@@ -84,10 +86,14 @@ class McDiGenerator(nn.Module):
         T = self.scheduler.num_train_timesteps
         if config.denoiser.type == "mlp":
             if self.codec.row_tokens:
-                raise ValueError("the 'mlp' denoiser works on flat vectors; use denoiser type 'tokens' for row tokens.")
+                raise ValueError(
+                    "the 'mlp' denoiser works on flat vectors; use denoiser type 'tokens' for row tokens."
+                )
             self.denoiser = build_denoiser(config.denoiser, T, sample_dim=self.codec.dim())
         else:
-            token_dims = {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            token_dims = (
+                {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
+            )
             self.denoiser = build_denoiser(config.denoiser, T, token_dims=token_dims)
         # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
         self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))

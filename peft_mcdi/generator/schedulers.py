@@ -123,7 +123,9 @@ class LocalConsistencyScheduler:
     def num_segments(self) -> int:
         return self.config.num_segments
 
-    def tables(self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    def tables(
+        self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    ) -> dict[str, torch.Tensor]:
         """The schedule tables cast once per (device, dtype), so the hot path never converts them."""
         key = (torch.device(device), dtype)
         if key not in self._tables:
@@ -241,7 +243,9 @@ class LocalConsistencyScheduler:
     # --------------------------------------------------------------- save/load
     def save_config(self, save_directory: str | os.PathLike) -> None:
         os.makedirs(save_directory, exist_ok=True)
-        atomic_write_text(os.path.join(save_directory, SCHEDULER_CONFIG_NAME), json.dumps(asdict(self.config), indent=2))
+        atomic_write_text(
+            os.path.join(save_directory, SCHEDULER_CONFIG_NAME), json.dumps(asdict(self.config), indent=2)
+        )
 
     @classmethod
     def from_config_file(cls, directory: str | os.PathLike) -> LocalConsistencyScheduler:

@@ -128,13 +128,22 @@ class MetaTrainer:
         for slot in range(self.rank, cfg.meta_batch_size, self.world_size):
             g = slot_generator(cfg.seed, step, slot)
             idx.append(int(torch.randint(len(self.data), (1,), generator=g)))
-            noise.append([
-                draw_loss_noise(gen.scheduler, cfg.samples_per_task, self.data.targets.shape[-1], g,
-                                gen.config.loss_variant, gen.config.condition_dropout).as_tuple()
-                for _ in range(draws)
-            ])  # fmt: skip
-        stacked = [tuple(torch.stack(parts).to(self.device) for parts in zip(*(n[s] for n in noise)))
-                   for s in range(draws)]  # fmt: skip
+            noise.append(
+                [
+                    draw_loss_noise(
+                        gen.scheduler,
+                        cfg.samples_per_task,
+                        self.data.targets.shape[-1],
+                        g,
+                        gen.config.loss_variant,
+                        gen.config.condition_dropout,
+                    ).as_tuple()
+                    for _ in range(draws)
+                ]
+            )
+        stacked = [
+            tuple(torch.stack(parts).to(self.device) for parts in zip(*(n[s] for n in noise))) for s in range(draws)
+        ]
         rows = torch.tensor(idx)
         return self.data.targets[rows].to(self.device), self.data.conditions[rows].to(self.device), stacked
 
@@ -191,8 +200,13 @@ class MetaTrainer:
         """Run (or resume) until ``num_outer_steps``; returns the logged history."""
         cfg = self.config
         self.maybe_resume()
-        bar = tqdm(total=cfg.num_outer_steps, initial=self.step, desc=f"meta-train ({cfg.algorithm})", unit="step",
-                   disable=not progress or self.rank != 0)  # fmt: skip
+        bar = tqdm(
+            total=cfg.num_outer_steps,
+            initial=self.step,
+            desc=f"meta-train ({cfg.algorithm})",
+            unit="step",
+            disable=not progress or self.rank != 0,
+        )
         window = []
         while self.step < cfg.num_outer_steps:
             window.append(self.outer_step())
@@ -248,6 +262,8 @@ class MetaTrainer:
             )
         state = load_file(folder / WEIGHTS_NAME, device=str(self.device))
         self.generator.load_state_dict(state, strict=True)
-        self.optimizer.load_state_dict(torch.load(folder / OPTIMIZER_NAME, map_location=self.device, weights_only=True))
+        self.optimizer.load_state_dict(
+            torch.load(folder / OPTIMIZER_NAME, map_location=self.device, weights_only=True)
+        )
         self.step, self.history = meta["step"], meta["history"]
         return True

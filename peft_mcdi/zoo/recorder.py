@@ -28,7 +28,9 @@ class RecorderConfig:
         default=True,
         metadata={"help": "Keep all M+1 checkpoints (any k can be trained later) instead of θ₀ and k targets only."},
     )
-    num_segments: int = field(default=3, metadata={"help": "k, used to pick the targets when not keeping every epoch."})
+    num_segments: int = field(
+        default=3, metadata={"help": "k, used to pick the targets when not keeping every epoch."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of batch order and augmentation (mixed with the task id)."})
 
     def __post_init__(self) -> None:
@@ -95,8 +97,9 @@ def collect(
     bar = tqdm(todo, desc=f"collect [{rank}/{world_size}]", unit="task", disable=not progress or not todo)
     for task in bar:
         checkpoints, final_loss = train_task(task, config)
-        store.write(task.task_id, checkpoints, task.condition, {"final_loss": final_loss,
-                                                                "num_epochs": config.num_epochs})  # fmt: skip
+        store.write(
+            task.task_id, checkpoints, task.condition, {"final_loss": final_loss, "num_epochs": config.num_epochs}
+        )
         done.append(task.task_id)
         bar.set_postfix(loss=f"{final_loss:.3f}")
     return done

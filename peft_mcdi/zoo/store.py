@@ -118,8 +118,17 @@ class ZooStore:
         for task_id in self.task_ids():
             path = self.path(task_id)
             meta = self._read_metadata(path)
-            lines.append(json.dumps({"task_id": task_id, "file": f"tasks/{path.name}", "sha256": file_sha256(path),
-                                     "epochs": meta["epochs"], "final_loss": meta.get("final_loss")}))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "task_id": task_id,
+                        "file": f"tasks/{path.name}",
+                        "sha256": file_sha256(path),
+                        "epochs": meta["epochs"],
+                        "final_loss": meta.get("final_loss"),
+                    }
+                )
+            )
         out = self.root / MANIFEST_NAME
         atomic_write_text(out, "".join(line + "\n" for line in lines))
         return out
@@ -140,7 +149,7 @@ class ZooStore:
         meta = self._read_metadata(path)
         try:
             with safe_open(path, framework="pt") as f:
-                tensors = {key: f.get_tensor(key) for key in f.keys()}
+                tensors = {key: f.get_tensor(key) for key in f.keys()}  # noqa: SIM118 (safe_open is not a dict)
         except (SafetensorError, OSError) as err:
             raise ZooCorruptError(f"zoo file {path} is corrupt or truncated ({err}); delete it to recollect.") from err
         for key, value in tensors.items():

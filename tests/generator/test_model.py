@@ -11,17 +11,22 @@ from tests.generator.test_codec import lora_shapes
 
 def make_generator(kind: str) -> McDiGenerator:
     if kind == "mlp":
-        config = GeneratorConfig(codec={"shapes": {"weight": [16], "bias": []}},
-                                 denoiser=DenoiserConfig(condition_dim=4, hidden_dim=32, num_layers=2))  # fmt: skip
+        config = GeneratorConfig(
+            codec={"shapes": {"weight": [16], "bias": []}},
+            denoiser=DenoiserConfig(condition_dim=4, hidden_dim=32, num_layers=2),
+        )
     elif kind == "lora":
-        config = GeneratorConfig(codec={"shapes": lora_shapes()},
-                                 denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=32, num_layers=2))  # fmt: skip
+        config = GeneratorConfig(
+            codec={"shapes": lora_shapes()},
+            denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=32, num_layers=2),
+        )
     else:
         config = GeneratorConfig(
             codec={"shapes": {"weight": [6], "bias": []}, "row_tokens": True},
-            denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=32, num_layers=2,
-                                    per_token_condition=True),
-        )  # fmt: skip
+            denoiser=DenoiserConfig(
+                type="tokens", condition_dim=4, hidden_dim=32, num_layers=2, per_token_condition=True
+            ),
+        )
     gen = McDiGenerator(config, SchedulerConfig(num_train_timesteps=10, num_segments=2))
     with torch.no_grad():  # an untrained generator predicts 0 everywhere; give it non-trivial weights
         for p in gen.parameters():

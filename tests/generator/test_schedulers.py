@@ -30,9 +30,9 @@ CASES = [(20, 1), (20, 2), (20, 3), (7, 3), (10, 4)]  # includes T not divisible
 @pytest.mark.parametrize(("T", "k"), list(HAND_BOUNDARIES))
 def test_boundaries_by_hand(T, k):
     assert segment_boundaries(T, k) == HAND_BOUNDARIES[(T, k)]
-    assert LocalConsistencyScheduler(num_train_timesteps=T, num_segments=k).boundaries.tolist() == HAND_BOUNDARIES[
-        (T, k)
-    ]
+    assert (
+        LocalConsistencyScheduler(num_train_timesteps=T, num_segments=k).boundaries.tolist() == HAND_BOUNDARIES[(T, k)]
+    )
 
 
 def test_local_target_epochs_by_hand():

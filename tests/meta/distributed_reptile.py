@@ -23,17 +23,23 @@ def main(out: str, algorithm: str) -> None:
     accelerator = Accelerator(cpu=True)
     torch.manual_seed(0)
     gen = McDiGenerator(
-        GeneratorConfig(codec={"shapes": {"w": [7]}}, condition_dropout=0.2,
-                        denoiser=DenoiserConfig(condition_dim=3, hidden_dim=16, num_layers=2)),
+        GeneratorConfig(
+            codec={"shapes": {"w": [7]}},
+            condition_dropout=0.2,
+            denoiser=DenoiserConfig(condition_dim=3, hidden_dim=16, num_layers=2),
+        ),
         SchedulerConfig(num_train_timesteps=10, num_segments=3),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for p in gen.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     g = torch.Generator().manual_seed(1)
-    data = ZooTensors([f"t{i}" for i in range(10)], torch.randn(10, 3, 7, generator=g), torch.randn(10, 3, generator=g))
-    config = MetaTrainConfig(algorithm=algorithm, num_outer_steps=4, meta_batch_size=4, inner_steps=3,
-                             samples_per_task=8, outer_lr=1e-2)  # fmt: skip
+    data = ZooTensors(
+        [f"t{i}" for i in range(10)], torch.randn(10, 3, 7, generator=g), torch.randn(10, 3, generator=g)
+    )
+    config = MetaTrainConfig(
+        algorithm=algorithm, num_outer_steps=4, meta_batch_size=4, inner_steps=3, samples_per_task=8, outer_lr=1e-2
+    )
     MetaTrainer(gen, data, config, accelerator=accelerator).train(progress=False)
     if accelerator.is_main_process:
         save_file({n: p.detach().contiguous() for n, p in gen.named_parameters()}, out)

@@ -31,9 +31,22 @@ def run(cmd: list[str]) -> None:
 def test_two_processes_equal_one(tmp_path, algorithm):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     run([sys.executable, str(SCRIPT), str(one), algorithm])
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                "--main_process_port", str(free_port())]  # fmt: skip
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        str(free_port()),
+    ]
     run([*launcher, str(SCRIPT), str(two), algorithm])
     a, b = load_file(one), load_file(two)
     assert a.keys() == b.keys()

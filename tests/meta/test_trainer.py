@@ -16,10 +16,13 @@ from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
 def toy(k=2, n_tasks=6, seed=0):
     torch.manual_seed(seed)
     gen = McDiGenerator(
-        GeneratorConfig(codec={"shapes": {"w": [5]}}, condition_dropout=0.2,
-                        denoiser=DenoiserConfig(condition_dim=3, hidden_dim=16, num_layers=2)),
+        GeneratorConfig(
+            codec={"shapes": {"w": [5]}},
+            condition_dropout=0.2,
+            denoiser=DenoiserConfig(condition_dim=3, hidden_dim=16, num_layers=2),
+        ),
         SchedulerConfig(num_train_timesteps=10, num_segments=k),
-    )  # fmt: skip
+    )
     with torch.no_grad():
         for p in gen.parameters():
             p.add_(torch.randn_like(p) * 0.1)  # leave the zero-init point so every parameter gets a gradient
@@ -33,8 +36,9 @@ def slot_loss(model, targets, condition, noise):
 
 def test_reptile_update_equals_hand_computation():
     gen, data = toy()
-    cfg = MetaTrainConfig(meta_batch_size=3, inner_steps=2, inner_lr=0.05, outer_optimizer="sgd", outer_lr=0.3,
-                          samples_per_task=4)  # fmt: skip
+    cfg = MetaTrainConfig(
+        meta_batch_size=3, inner_steps=2, inner_lr=0.05, outer_optimizer="sgd", outer_lr=0.3, samples_per_task=4
+    )
     trainer = MetaTrainer(gen, data, cfg)
     phi = {n: p.detach().clone() for n, p in gen.named_parameters()}
     targets, conditions, noise = trainer._draw_slots(0)
@@ -59,8 +63,9 @@ def test_reptile_update_equals_hand_computation():
 
 def test_single_level_update_is_the_mean_task_gradient():
     gen, data = toy()
-    cfg = MetaTrainConfig(algorithm="single_level", meta_batch_size=4, outer_optimizer="sgd", outer_lr=0.1,
-                          samples_per_task=4)  # fmt: skip
+    cfg = MetaTrainConfig(
+        algorithm="single_level", meta_batch_size=4, outer_optimizer="sgd", outer_lr=0.1, samples_per_task=4
+    )
     trainer = MetaTrainer(gen, data, cfg)
     targets, conditions, noise = trainer._draw_slots(0)
     model = copy.deepcopy(gen)
@@ -88,7 +93,7 @@ def test_draws_do_not_depend_on_the_process_layout():
 @pytest.mark.parametrize("algorithm", ["reptile", "single_level"])
 def test_resume_continues_exactly(tmp_path, algorithm):
     gen, data = toy()
-    cfg = dict(algorithm=algorithm, meta_batch_size=2, samples_per_task=4, outer_lr=1e-2, log_every=1)
+    cfg = {"algorithm": algorithm, "meta_batch_size": 2, "samples_per_task": 4, "outer_lr": 1e-2, "log_every": 1}
     straight = copy.deepcopy(gen)
     MetaTrainer(straight, data, MetaTrainConfig(num_outer_steps=6, **cfg)).train(progress=False)
 

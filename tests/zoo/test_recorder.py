@@ -1,6 +1,7 @@
 """Trajectory recording: shared init, kept epochs, resumable collection, corrupt and non-finite data."""
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -88,8 +89,11 @@ def test_nan_in_a_trajectory_is_refused_and_reported(tmp_path):
     # a file that holds NaN anyway (written by another tool) is reported on read
     from safetensors.torch import save_file
 
-    save_file({"condition": torch.zeros(2), "epoch_0/w": torch.tensor([float("nan")])}, store.path("y"),
-              metadata={"mcdi": json.dumps({"task_id": "y", "epochs": [0]})})  # fmt: skip
+    save_file(
+        {"condition": torch.zeros(2), "epoch_0/w": torch.tensor([float("nan")])},
+        store.path("y"),
+        metadata={"mcdi": json.dumps({"task_id": "y", "epochs": [0]})},
+    )
     with pytest.raises(ZooCorruptError, match="NaN"):
         store.read("y")
 
@@ -128,7 +132,7 @@ def test_writes_are_atomic(tasks, tmp_path, monkeypatch):
     import peft_mcdi.zoo.store as store_module
 
     def crash(tensors, path, metadata=None):
-        open(path, "wb").write(b"partial")
+        Path(path).write_bytes(b"partial")
         raise KeyboardInterrupt
 
     monkeypatch.setattr(store_module, "save_file", crash)
