@@ -44,7 +44,7 @@ def lora_shapes(num_layers: int, r: int, d_in: int, d_q: int, d_v: int) -> dict[
     return shapes
 
 
-# name → (codec config, per-token condition?, number of class rows)
+# name → (codec config, per-token condition?, number of class rows[, lora_factor_dim override])
 CASES = {
     "lora-1e3": ({"shapes": lora_shapes(4, 4, 16, 16, 16)}, False, None),
     "lora-1e4": ({"shapes": lora_shapes(8, 4, 80, 80, 80)}, False, None),
@@ -52,17 +52,20 @@ CASES = {
     "lora-1e6": ({"shapes": lora_shapes(32, 8, 1000, 1000, 1000)}, False, None),
     # SmolLM2-135M, r = 8 on q/v of its 30 layers (hidden 576, 3 kv heads × 64 → v out 192): the ≤ 100 ms goal
     "smollm2-qv-r8": ({"shapes": lora_shapes(30, 8, 576, 576, 192)}, False, None),
+    # the same with dense (not LoRA-aware) token projections, to show what the factorisation buys
+    "smollm2-qv-r8-dense": ({"shapes": lora_shapes(30, 8, 576, 576, 192)}, False, None, 0),
     # 5-way head over EfficientNet-Lite0's 1280-d features, class-row tokens: the ≤ 5 ms goal
     "head-5way-1280": ({"shapes": {"weight": [1280], "bias": []}, "row_tokens": True}, True, 5),
 }
-GOALS_MS = {"smollm2-qv-r8": 100.0, "head-5way-1280": 5.0}
+GOALS_MS = {"smollm2-qv-r8": 100.0, "smollm2-qv-r8-dense": 100.0, "head-5way-1280": 5.0}
 
 
 def build(case: str, method: str, device: str):
-    codec, per_token, _ = CASES[case]
+    codec, per_token, _, *factor = CASES[case]
     config = GeneratorConfig(
         codec=codec,
         denoiser=DenoiserConfig(
+            lora_factor_dim=factor[0] if factor else DenoiserConfig.lora_factor_dim,
             type="tokens",
             condition_dim=1280 if per_token else TEXT_DIM,
             hidden_dim=HIDDEN,
@@ -76,7 +79,7 @@ def build(case: str, method: str, device: str):
 
 
 def conditions(case: str, batch: int, device: str) -> torch.Tensor:
-    _, per_token, rows = CASES[case]
+    _, per_token, rows, *_ = CASES[case]
     shape = (batch, rows, 1280) if per_token else (batch, TEXT_DIM)
     return torch.randn(*shape, generator=torch.Generator().manual_seed(0)).to(device)
 
@@ -88,7 +91,7 @@ def generate_fn(model, cond, method: str, **kwargs):
 
 
 def num_params(case: str) -> int:
-    codec, _, rows = CASES[case]
+    codec, _, rows, *_ = CASES[case]
     per_unit = sum(int(torch.tensor(s).prod()) if s else 1 for s in codec["shapes"].values())
     return per_unit * (rows or 1)
 

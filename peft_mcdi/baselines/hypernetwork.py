@@ -9,8 +9,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from peft_mcdi.generator.codec import WeightCodec
-from peft_mcdi.generator.denoisers import build_denoiser
-from peft_mcdi.generator.model import GeneratorConfig
+from peft_mcdi.generator.model import GeneratorConfig, denoiser_for_codec
 from peft_mcdi.meta.data import ZooTensors
 
 
@@ -19,13 +18,7 @@ class OnePassHypernetwork(nn.Module):
         super().__init__()
         self.config = config
         self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
-        if config.denoiser.type == "mlp":
-            self.net = build_denoiser(config.denoiser, 1, sample_dim=self.codec.dim())
-        else:
-            token_dims = (
-                {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
-            )
-            self.net = build_denoiser(config.denoiser, 1, token_dims=token_dims)
+        self.net = denoiser_for_codec(config.denoiser, self.codec, num_train_timesteps=1)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         """Conditions (B, C) [(B, N, C)] → normalised weight vectors (B, D)."""

@@ -30,6 +30,7 @@ class TokenLayout:
     dims: tuple[int, ...]
     offsets: tuple[int, ...]
     depths: tuple[float, ...]
+    parts: tuple[tuple[tuple[int, ...], ...], ...] = ()  # per token, the shapes of the tensors it concatenates
 
     @property
     def num_tokens(self) -> int:
@@ -44,6 +45,16 @@ class TokenLayout:
         for name, dim in zip(self.types, self.dims):
             if out.setdefault(name, dim) != dim:
                 raise ValueError(f"tokens of type {name!r} have different widths ({out[name]} and {dim}).")
+        return out
+
+    def type_parts(self) -> dict[str, list[list[int]]]:
+        """Per token type, the shapes of the tensors a token concatenates (e.g. LoRA A (r, d_in) and B (d_out, r))."""
+        parts = self.parts or tuple(((d,),) for d in self.dims)
+        out: dict[str, list[list[int]]] = {}
+        for name, shapes in zip(self.types, parts):
+            shapes = [list(s) for s in shapes]
+            if out.setdefault(name, shapes) != shapes:
+                raise ValueError(f"tokens of type {name!r} hold tensors of different shapes ({out[name]}, {shapes}).")
         return out
 
     @classmethod
@@ -195,15 +206,17 @@ class WeightCodec(nn.Module):
         """Tokens of the encoded vector: class rows (rows layout) or LoRA (layer, module) blocks (flat layout)."""
         if self.row_tokens:
             return TokenLayout.rows(num_rows if num_rows is not None else 0, self.unit_dim)
-        blocks: dict[str, list] = {}  # block key → [type, layer, offset, dim], in vector order
+        blocks: dict[str, list] = {}  # block key → [type, layer, offset, dim, part shapes], in vector order
         offset = 0
-        for name, numel in zip(self.names, self.numels):
+        for (name, shape), numel in zip(self.shapes.items(), self.numels):
             key, kind, layer = lora_block_of(name)
             if key in blocks and blocks[key][2] + blocks[key][3] != offset:
                 raise ValueError(f"tensors of block {key!r} are not contiguous in the codec order.")
-            blocks.setdefault(key, [kind, layer, offset, 0])[3] += numel
+            block = blocks.setdefault(key, [kind, layer, offset, 0, ()])
+            block[3] += numel
+            block[4] += (shape,)
             offset += numel
         top = max(max(b[1] for b in blocks.values()), 1)
-        types, layers, offsets, dims = zip(*blocks.values())
+        types, layers, offsets, dims, parts = zip(*blocks.values())
         depths = tuple(max(layer, 0) / top for layer in layers)
-        return TokenLayout(tuple(types), tuple(dims), tuple(offsets), depths)
+        return TokenLayout(tuple(types), tuple(dims), tuple(offsets), depths, tuple(parts))

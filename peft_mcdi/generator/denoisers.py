@@ -15,6 +15,7 @@ with random drops is what makes classifier-free guidance possible at sampling ti
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Literal
 
@@ -40,6 +41,13 @@ class DenoiserConfig:
     num_layers: int = field(default=4, metadata={"help": "Number of residual (MLP) or transformer blocks."})
     num_heads: int = field(default=4, metadata={"help": "Attention heads (tokens only)."})
     mlp_ratio: float = field(default=2.0, metadata={"help": "Hidden width of each block's MLP, as a multiple."})
+    lora_factor_dim: int = field(
+        default=32,
+        metadata={
+            "help": "tokens only: width per rank component in the LoRA-aware projections of [A (r, d_in), "
+            "B (d_out, r)] blocks (cost and size ∝ r·(d_in + d_out)·width instead of ·hidden_dim); 0 = dense."
+        },
+    )
     per_token_condition: bool = field(
         default=False,
         metadata={
@@ -51,6 +59,8 @@ class DenoiserConfig:
     def __post_init__(self) -> None:
         if self.type not in DENOISER_TYPES:
             raise ValueError(f"denoiser type must be one of {DENOISER_TYPES}, got {self.type!r}.")
+        if not isinstance(self.lora_factor_dim, int) or self.lora_factor_dim < 0:
+            raise ValueError(f"lora_factor_dim must be an int >= 0, got {self.lora_factor_dim!r}.")
         for name in ("condition_dim", "hidden_dim", "num_layers", "num_heads"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -198,6 +208,63 @@ class ResidualMLPDenoiser(_Denoiser):
         return self.proj_out(self.norm_out(h))
 
 
+class DenseProjection(nn.Module):
+    """Token ↔ hidden state by one linear map each way (output zero-initialised)."""
+
+    def __init__(self, dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.encode = nn.Linear(dim, hidden_dim)
+        self.decode = nn.Linear(hidden_dim, dim)
+        nn.init.zeros_(self.decode.weight)
+        nn.init.zeros_(self.decode.bias)
+
+
+class LoRAPairProjection(nn.Module):
+    """A LoRA block [A (r, d_in), B (d_out, r)] read as r rank components (a_j, b_j).
+
+    Each side of a component is projected to ``width`` features by weights shared over the r components, and the
+    r·2·width features are mixed into one token (and back). Versus a dense map of the r·(d_in + d_out) numbers this
+    cuts cost and size by about hidden_dim/width, which is what keeps a 30-layer LoRA set in the latency budget.
+    Components keep their positions: the zoo's A starts from one fixed seed, so component j is the same in every task.
+    """
+
+    def __init__(self, rank: int, d_in: int, d_out: int, hidden_dim: int, width: int) -> None:
+        super().__init__()
+        self.rank, self.d_in, self.d_out, self.width = rank, d_in, d_out, width
+        self.in_a, self.in_b = nn.Linear(d_in, width), nn.Linear(d_out, width)
+        self.mix_in = nn.Linear(rank * 2 * width, hidden_dim)
+        self.mix_out = nn.Linear(hidden_dim, rank * 2 * width)
+        self.out_a, self.out_b = nn.Linear(width, d_in), nn.Linear(width, d_out)
+        for lin in (self.out_a, self.out_b):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    @staticmethod
+    def matches(parts: list[list[int]]) -> bool:
+        return len(parts) == 2 and len(parts[0]) == 2 and len(parts[1]) == 2 and parts[0][0] == parts[1][1]
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        r, d_in, d_out = self.rank, self.d_in, self.d_out
+        a = x[..., : r * d_in].unflatten(-1, (r, d_in))  # (..., r, d_in): rows of A
+        b = x[..., r * d_in :].unflatten(-1, (d_out, r)).transpose(-1, -2)  # (..., r, d_out): columns of B
+        z = torch.cat([self.in_a(a), self.in_b(b)], dim=-1)  # (..., r, 2·width)
+        return self.mix_in(z.flatten(-2))  # (..., hidden)
+
+    def decode(self, h: torch.Tensor) -> torch.Tensor:
+        z = self.mix_out(h).unflatten(-1, (self.rank, 2 * self.width))  # (..., r, 2·width)
+        a = self.out_a(z[..., : self.width])  # (..., r, d_in)
+        b = self.out_b(z[..., self.width :]).transpose(-1, -2)  # (..., d_out, r)
+        return torch.cat([a.flatten(-2), b.flatten(-2)], dim=-1)
+
+
+def token_projection(parts: list[list[int]], hidden_dim: int, lora_factor_dim: int) -> nn.Module:
+    """LoRA-aware projection for [A (r, d_in), B (d_out, r)] tokens when enabled, a dense one otherwise."""
+    if lora_factor_dim and LoRAPairProjection.matches(parts):
+        (r, d_in), (d_out, _) = parts
+        return LoRAPairProjection(r, d_in, d_out, hidden_dim, lora_factor_dim)
+    return DenseProjection(sum(math.prod(p) for p in parts), hidden_dim)
+
+
 @dataclass(frozen=True)
 class _TypeGroup:
     """The tokens of one type: where they sit in the flat sample and in the token sequence."""
@@ -218,15 +285,16 @@ class TokenSetDenoiser(_Denoiser):
     way. Codecs that lay LoRA out module-major (all q_proj blocks, then all v_proj blocks) get slices only.
     """
 
-    def __init__(self, config: DenoiserConfig, num_train_timesteps: int, token_dims: dict[str, int]) -> None:
+    def __init__(
+        self, config: DenoiserConfig, num_train_timesteps: int, token_parts: dict[str, list[list[int]]]
+    ) -> None:
         super().__init__(config, num_train_timesteps)
         H = config.hidden_dim
-        self.token_dims = dict(sorted(token_dims.items()))
-        self.proj_in = nn.ModuleDict({t: nn.Linear(d, H) for t, d in self.token_dims.items()})
-        self.proj_out = nn.ModuleDict({t: nn.Linear(H, d) for t, d in self.token_dims.items()})
-        for lin in self.proj_out.values():
-            nn.init.zeros_(lin.weight)
-            nn.init.zeros_(lin.bias)
+        token_parts = dict(sorted(token_parts.items()))
+        self.token_dims = {t: sum(math.prod(p) for p in parts) for t, parts in token_parts.items()}
+        self.projections = nn.ModuleDict(
+            {t: token_projection(parts, H, config.lora_factor_dim) for t, parts in token_parts.items()}
+        )
         self.type_embed = nn.Parameter(torch.zeros(len(self.token_dims), H))
         self.depth_embed = RelativeDepthEncoding(H)
         self.blocks = nn.ModuleList(
@@ -292,7 +360,7 @@ class TokenSetDenoiser(_Denoiser):
                 if g.start is not None
                 else sample[:, g.flat]
             )
-            pieces.append(self.proj_in[g.name](x))
+            pieces.append(self.projections[g.name].encode(x))
         h = torch.cat(pieces, dim=1) + token_bias  # (B, N, H), sequence order
         for block, block_mods in zip(self.blocks, mods):
             h = block(h, block_mods)
@@ -300,7 +368,7 @@ class TokenSetDenoiser(_Denoiser):
         outs, offset = [], 0
         for g in groups:
             n = g.tokens.shape[0]
-            outs.append(self.proj_out[g.name](h[:, offset : offset + n]))  # (B, n_type, d_type)
+            outs.append(self.projections[g.name].decode(h[:, offset : offset + n]))  # (B, n_type, d_type)
             offset += n
         if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
             ordered = sorted(zip(groups, outs), key=lambda pair: pair[0].start)
@@ -312,13 +380,13 @@ class TokenSetDenoiser(_Denoiser):
 
 
 def build_denoiser(
-    config: DenoiserConfig, num_train_timesteps: int, sample_dim: int | None = None, token_dims=None
+    config: DenoiserConfig, num_train_timesteps: int, sample_dim: int | None = None, token_parts=None
 ) -> _Denoiser:
-    """Factory: ``mlp`` needs ``sample_dim``; ``tokens`` needs ``token_dims`` (type → token width)."""
+    """Factory: ``mlp`` needs ``sample_dim``; ``tokens`` needs ``token_parts`` (type → shapes of a token's tensors)."""
     if config.type == "mlp":
         if sample_dim is None:
             raise ValueError("the 'mlp' denoiser needs sample_dim.")
         return ResidualMLPDenoiser(config, num_train_timesteps, sample_dim)
-    if not token_dims:
-        raise ValueError("the 'tokens' denoiser needs token_dims (type → token width).")
-    return TokenSetDenoiser(config, num_train_timesteps, token_dims)
+    if not token_parts:
+        raise ValueError("the 'tokens' denoiser needs token_parts (type → shapes of a token's tensors).")
+    return TokenSetDenoiser(config, num_train_timesteps, token_parts)

@@ -75,6 +75,16 @@ class GeneratorConfig:
         return asdict(self)
 
 
+def denoiser_for_codec(config: DenoiserConfig, codec: WeightCodec, num_train_timesteps: int) -> nn.Module:
+    """The denoiser that fits a codec's layout: flat vectors for 'mlp', class rows or LoRA blocks for 'tokens'."""
+    if config.type == "mlp":
+        if codec.row_tokens:
+            raise ValueError("the 'mlp' denoiser works on flat vectors; use denoiser type 'tokens' for row tokens.")
+        return build_denoiser(config, num_train_timesteps, sample_dim=codec.dim())
+    parts = {"row": [[codec.unit_dim]]} if codec.row_tokens else codec.token_layout().type_parts()
+    return build_denoiser(config, num_train_timesteps, token_parts=parts)
+
+
 class McDiGenerator(nn.Module):
     """A meta-trained weight generator. ``generate(condition)`` returns a parameter dict; no gradient involved."""
 
@@ -83,18 +93,7 @@ class McDiGenerator(nn.Module):
         self.config = config
         self.scheduler = LocalConsistencyScheduler(scheduler_config or SchedulerConfig())
         self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
-        T = self.scheduler.num_train_timesteps
-        if config.denoiser.type == "mlp":
-            if self.codec.row_tokens:
-                raise ValueError(
-                    "the 'mlp' denoiser works on flat vectors; use denoiser type 'tokens' for row tokens."
-                )
-            self.denoiser = build_denoiser(config.denoiser, T, sample_dim=self.codec.dim())
-        else:
-            token_dims = (
-                {"row": self.codec.unit_dim} if self.codec.row_tokens else self.codec.token_layout().type_dims()
-            )
-            self.denoiser = build_denoiser(config.denoiser, T, token_dims=token_dims)
+        self.denoiser = denoiser_for_codec(config.denoiser, self.codec, self.scheduler.num_train_timesteps)
         # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
         self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))
 

@@ -4,39 +4,43 @@ import pytest
 import torch
 
 from peft_mcdi.generator.codec import WeightCodec
-from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
+from peft_mcdi.generator.denoisers import DenoiserConfig, DenseProjection, LoRAPairProjection, build_denoiser
 from tests.generator.test_codec import lora_shapes
 
 
 T = 20
 
 
-def make_case(name, num_layers=3):
+def make_case(name, num_layers=3, lora_factor_dim=4):
     """(denoiser, layout, sample_dim, condition builder) for a case of the matrix."""
     if name == "mlp":
         cfg = DenoiserConfig(type="mlp", condition_dim=6, hidden_dim=32, num_layers=2)
         return build_denoiser(cfg, T, sample_dim=17), None, 17, lambda B: torch.randn(B, 6)
+    if name == "tokens-lora-dense":
+        return make_case("tokens-lora", num_layers, lora_factor_dim=0)
     if name == "tokens-lora":
         codec = WeightCodec(lora_shapes(num_layers=num_layers))
-        cfg = DenoiserConfig(type="tokens", condition_dim=6, hidden_dim=32, num_layers=2, num_heads=4)
+        cfg = DenoiserConfig(
+            type="tokens", condition_dim=6, hidden_dim=32, num_layers=2, num_heads=4, lora_factor_dim=lora_factor_dim
+        )
         layout = codec.token_layout()
-        den = build_denoiser(cfg, T, token_dims=layout.type_dims())
+        den = build_denoiser(cfg, T, token_parts=layout.type_parts())
         return den, layout, codec.dim(), lambda B: torch.randn(B, 6)
     if name == "tokens-rows":
         codec = WeightCodec({"weight": [7], "bias": []}, row_tokens=True)
         cfg = DenoiserConfig(type="tokens", condition_dim=6, hidden_dim=32, num_layers=2, per_token_condition=True)
-        den = build_denoiser(cfg, T, token_dims={"row": 8})
+        den = build_denoiser(cfg, T, token_parts={"row": [[8]]})
         return den, codec.token_layout(5), codec.dim(5), lambda B: torch.randn(B, 5, 6)
     raise ValueError(name)
 
 
-CASES = ["mlp", "tokens-lora", "tokens-rows"]
+CASES = ["mlp", "tokens-lora", "tokens-lora-dense", "tokens-rows"]
 
 
 def randomise_outputs(den):
     """Zero-initialised output layers hide bugs; give them weights for equivariance/consistency checks."""
     for name, p in den.named_parameters():
-        if "proj_out" in name or "modulation" in name:
+        if any(key in name for key in ("proj_out", "modulation", "decode", "out_a", "out_b")):
             torch.nn.init.normal_(p, std=0.1)
 
 
@@ -92,6 +96,24 @@ def test_row_tokens_are_permutation_equivariant_for_any_number_of_classes():
         perm = torch.randperm(n)
         out_perm = den(x.view(2, n, 8)[:, perm].reshape(2, -1), t, c[:, perm], layout=codec.token_layout(n))
         torch.testing.assert_close(out_perm.view(2, n, 8), out[:, perm], atol=1e-5, rtol=1e-5)
+
+
+def test_lora_blocks_use_the_lora_aware_projection():
+    den, layout, D, cond = make_case("tokens-lora")
+    proj = den.projections["q_proj"]
+    assert isinstance(proj, LoRAPairProjection) and (proj.rank, proj.d_in, proj.d_out) == (2, 5, 5)
+    dense = make_case("tokens-lora-dense")[0]
+    assert isinstance(dense.projections["q_proj"], DenseProjection)
+    # rank component j is row j of A and column j of B, on both the way in and the way out
+    randomise_outputs(den)
+    x = torch.randn(3, 20)  # (r=2, d_in=5) A then (d_out=5, r=2) B, flattened
+    a, b = x[:, :10].view(3, 2, 5), x[:, 10:].view(3, 5, 2)
+    z = torch.cat([proj.in_a(a), proj.in_b(b.transpose(1, 2))], dim=-1)  # (3, r, 2·width)
+    torch.testing.assert_close(proj.encode(x), proj.mix_in(z.flatten(1)))
+    h = torch.randn(3, 32)
+    z = proj.mix_out(h).view(3, 2, 2 * proj.width)
+    a_out, b_out = proj.out_a(z[..., : proj.width]), proj.out_b(z[..., proj.width :]).transpose(1, 2)
+    torch.testing.assert_close(proj.decode(h), torch.cat([a_out.flatten(1), b_out.flatten(1)], dim=1))
 
 
 def test_lora_denoiser_size_does_not_scale_with_depth():
