@@ -35,10 +35,11 @@ HIDDEN, LAYERS, HEADS, TEXT_DIM = 128, 2, 4, 384
 
 
 def lora_shapes(num_layers: int, r: int, d_in: int, d_q: int, d_v: int) -> dict[str, list[int]]:
-    """A LoRA set on q_proj/v_proj of every layer: A (r, d_in), B (d_out, r)."""
+    """A LoRA set on q_proj/v_proj of every layer: A (r, d_in), B (d_out, r), laid out module-major (all q_proj
+    blocks, then all v_proj blocks) so that the token denoiser reads each module type with one slice."""
     shapes = {}
-    for i in range(num_layers):
-        for module, d_out in (("q_proj", d_q), ("v_proj", d_v)):
+    for module, d_out in (("q_proj", d_q), ("v_proj", d_v)):
+        for i in range(num_layers):
             shapes[f"model.layers.{i}.self_attn.{module}.lora_A.weight"] = [r, d_in]
             shapes[f"model.layers.{i}.self_attn.{module}.lora_B.weight"] = [d_out, r]
     return shapes

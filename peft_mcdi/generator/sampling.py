@@ -82,9 +82,9 @@ def sample(
         if guided:
             f_cond, f_null = f.chunk(2)
             f = f_null + guidance_scale * (f_cond - f_null)
-        x = c_x * x - c_eps * f
+        x = (x * c_x).add_(f, alpha=-c_eps)  # one pass each, no temporaries: D can be ~10⁶
         if sigma > 0:
-            x = x + sigma * _noise(generators, dim, device)
+            x.add_(_noise(generators, dim, device), alpha=sigma)
         if return_chain:
             chain.append(x)
     return (x, chain) if return_chain else x
