@@ -9,9 +9,9 @@ to the baseline measured in the same process is the figure to compare across mac
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -103,9 +103,10 @@ def sync(device: str) -> None:
 
 
 def probe_memory(case: str, method: str, device: str) -> float:
-    """MB added at peak by one generation: CUDA allocator peak, or the process RSS high-water mark on CPU."""
+    """MB added at peak by one (warm) generation: CUDA allocator peak, or the RSS high-water mark on CPU (Linux)."""
     model = build(case, method, device)
     cond = conditions(case, 1, device)
+    generate_fn(model, cond, method)()  # warm-up: one-time allocations (kernels, thread pools, caches) excluded
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -113,9 +114,20 @@ def probe_memory(case: str, method: str, device: str) -> float:
         generate_fn(model, cond, method)()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - base) / 2**20
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    # Linux: give freed heap back to the OS, reset the RSS high-water mark (clear_refs 5), then read it after one
+    # generation: the peak resident memory that generation added on top of the loaded model.
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    Path("/proc/self/clear_refs").write_text("5")
+    base = _status_kb("VmRSS")
     generate_fn(model, cond, method)()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024
+    return (_status_kb("VmHWM") - base) / 1024
+
+
+def _status_kb(field: str) -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 def memory_in_subprocess(case: str, method: str, device: str) -> float:

@@ -40,7 +40,11 @@ def main(argv=None) -> dict:
             "seed": args.seed,
         },
         meta=MetaTrainConfig(
-            algorithm=args.algorithm, num_outer_steps=args.outer_steps, seed=args.seed, checkpoint_every=250
+            algorithm=args.algorithm,
+            num_outer_steps=args.outer_steps,
+            samples_per_task=16,
+            seed=args.seed,
+            checkpoint_every=250,
         ),
         hypernetwork_steps=args.hypernetwork_steps,
         output_dir=args.output_dir,

@@ -31,7 +31,9 @@ class PipelineConfig:
 
     taskset: str = field(default="logistic", metadata={"help": "Registered task family (get_tasksets name)."})
     taskset_kwargs: dict = field(default_factory=dict, metadata={"help": "Arguments of the task family."})
-    recorder: RecorderConfig = field(default_factory=RecorderConfig, metadata={"help": "Trajectory collection."})
+    recorder: RecorderConfig = field(
+        default_factory=lambda: RecorderConfig(num_epochs=10, lr=0.1), metadata={"help": "Trajectory collection."}
+    )
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig, metadata={"help": "Noise schedule, k."})
     denoiser: DenoiserConfig = field(
         default_factory=lambda: DenoiserConfig(type="mlp", condition_dim=4, hidden_dim=128, num_layers=3),
@@ -39,7 +41,10 @@ class PipelineConfig:
     )
     loss_variant: str = field(default="mcdi", metadata={"help": "'mcdi' or 'twdi'."})
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout for guidance."})
-    meta: MetaTrainConfig = field(default_factory=MetaTrainConfig, metadata={"help": "Meta-training loop."})
+    meta: MetaTrainConfig = field(
+        default_factory=lambda: MetaTrainConfig(num_outer_steps=2000, samples_per_task=16),
+        metadata={"help": "Meta-training loop."},
+    )
     hypernetwork_steps: int = field(
         default=2000, metadata={"help": "Training steps of the one-pass hypernetwork baseline (0: skip it)."}
     )
