@@ -39,8 +39,3 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
-
-
-def summarise(values: list[float]) -> dict[str, float]:
-    tensor = torch.tensor(values, dtype=torch.float64)
-    return {"mean": float(tensor.mean()), "std": float(tensor.std()) if len(values) > 1 else 0.0, "n": len(values)}

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,13 +20,13 @@ from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.data import fit_codec, load_raw_targets, load_zoo_tensors
 from peft_mcdi.meta.tasks import get_tasksets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
-from peft_mcdi.utils import atomic_write_text, cache_root, stable_hash
+from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
 
 
 @dataclass
-class PipelineConfig:
+class PipelineConfig(DictConfigMixin):
     """Defaults: the logistic family of SPEC §3.3 at a size that runs in a few minutes on 2 CPU cores."""
 
     taskset: str = field(default="logistic", metadata={"help": "Registered task family (get_tasksets name)."})
@@ -63,9 +63,6 @@ class PipelineConfig:
         ):
             if isinstance(getattr(self, name), dict):
                 setattr(self, name, cls(**getattr(self, name)))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def zoo_folder(config: PipelineConfig) -> tuple[Path, dict]:

@@ -6,7 +6,8 @@ import hashlib
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, fields
 from pathlib import Path
 
 
@@ -58,3 +59,18 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peft_mcdi"
+
+
+class DictConfigMixin:
+    """For config dataclasses: ``to_dict`` and a ``from_dict`` that names unknown keys and lists the allowed ones."""
+
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}.")
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

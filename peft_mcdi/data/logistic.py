@@ -8,16 +8,17 @@ many tasks can beat both the average weights and the nearest training task's wei
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
 from peft_mcdi.meta.tasks import Task, TaskSet, TaskSets, register_tasksets
+from peft_mcdi.utils import DictConfigMixin
 
 
 @dataclass
-class LogisticFamilyConfig:
+class LogisticFamilyConfig(DictConfigMixin):
     dim: int = field(default=16, metadata={"help": "Input dimension of each logistic-regression task."})
     descriptor_dim: int = field(default=4, metadata={"help": "Width of the task descriptor (the condition)."})
     hidden_dim: int = field(default=32, metadata={"help": "Width of the random map descriptor → optimum."})
@@ -29,9 +30,6 @@ class LogisticFamilyConfig:
     batch_size: int = field(default=64, metadata={"help": "Mini-batch size of trajectory training."})
     family_seed: int = field(default=0, metadata={"help": "Seed of the descriptor → optimum map (the family)."})
     seed: int = field(default=0, metadata={"help": "Seed of descriptors and examples (the split)."})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def _optimum_map(config: LogisticFamilyConfig) -> tuple[torch.Tensor, ...]:

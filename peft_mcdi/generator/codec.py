@@ -36,10 +36,6 @@ class TokenLayout:
     def num_tokens(self) -> int:
         return len(self.types)
 
-    @property
-    def type_names(self) -> list[str]:
-        return sorted(set(self.types))
-
     def type_dims(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for name, dim in zip(self.types, self.dims):

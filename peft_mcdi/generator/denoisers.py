@@ -16,7 +16,7 @@ with random drops is what makes classifier-free guidance possible at sampling ti
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -24,13 +24,14 @@ from torch import nn
 
 from peft_mcdi.generator.codec import TokenLayout
 from peft_mcdi.generator.embeddings import RelativeDepthEncoding, TimestepEmbedding
+from peft_mcdi.utils import DictConfigMixin
 
 
 DENOISER_TYPES = ("mlp", "tokens")
 
 
 @dataclass
-class DenoiserConfig:
+class DenoiserConfig(DictConfigMixin):
     """Architecture of the denoiser; JSON round-trips. The paper does not specify one (SPEC §5)."""
 
     type: Literal["mlp", "tokens"] = field(
@@ -69,17 +70,6 @@ class DenoiserConfig:
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads}).")
         if self.per_token_condition and self.type != "tokens":
             raise ValueError("per_token_condition=True needs type='tokens'.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> DenoiserConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown denoiser config keys {unknown}; allowed: {sorted(known)}.")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class AdaLNBlock(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,7 +17,7 @@ from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
 from peft_mcdi.generator.sampling import sample
 from peft_mcdi.generator.schedulers import SCHEDULER_CONFIG_NAME, LocalConsistencyScheduler, SchedulerConfig
 from peft_mcdi.meta.losses import LOSS_VARIANTS, LossNoise, diffusion_loss
-from peft_mcdi.utils import atomic_write, atomic_write_text
+from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text
 
 
 CONFIG_NAME = "config.json"
@@ -26,7 +26,7 @@ FORMAT_VERSION = 1
 
 
 @dataclass
-class GeneratorConfig:
+class GeneratorConfig(DictConfigMixin):
     """Everything needed to rebuild a generator except its weights; JSON round-trips."""
 
     codec: dict = field(
@@ -62,17 +62,6 @@ class GeneratorConfig:
             raise ValueError("codec must be a dict with a 'shapes' entry (see WeightCodec.config()).")
         if self.codec.get("row_tokens") and not self.denoiser.per_token_condition:
             raise ValueError("a rows-layout codec (class-row tokens) needs denoiser.per_token_condition=True.")
-
-    @classmethod
-    def from_dict(cls, data: dict) -> GeneratorConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown generator config keys {unknown}; allowed: {sorted(known)}.")
-        return cls(**data)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def denoiser_for_codec(config: DenoiserConfig, codec: WeightCodec, num_train_timesteps: int) -> nn.Module:

@@ -14,12 +14,12 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Literal
 
 import torch
 
-from peft_mcdi.utils import atomic_write_text
+from peft_mcdi.utils import DictConfigMixin, atomic_write_text
 
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
@@ -27,7 +27,7 @@ BETA_SCHEDULES = ("linear", "cosine")
 
 
 @dataclass
-class SchedulerConfig:
+class SchedulerConfig(DictConfigMixin):
     """Configuration of :class:`LocalConsistencyScheduler`; JSON round-trips."""
 
     num_train_timesteps: int = field(default=20, metadata={"help": "T, the number of diffusion steps (paper: 20)."})
@@ -64,14 +64,6 @@ class SchedulerConfig:
                 f"need 0 < beta_start <= beta_end < 1, got beta_start={self.beta_start}, beta_end={self.beta_end}."
             )
 
-    @classmethod
-    def from_dict(cls, data: dict) -> SchedulerConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown scheduler config keys {unknown}; allowed: {sorted(known)}.")
-        return cls(**data)
-
 
 def segment_boundaries(num_train_timesteps: int, num_segments: int) -> list[int]:
     """b_i = (T·(k−i) + ⌊k/2⌋) div k for i = 1..k: T·(k−i)/k rounded half up, so b_k = 0 (SPEC §3.3)."""
@@ -103,7 +95,6 @@ class LocalConsistencyScheduler:
         self.alphas = 1.0 - self.betas
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0)
         self.boundaries = torch.tensor(segment_boundaries(T, self.config.num_segments), dtype=torch.long)
-        self._tables: dict[tuple[torch.device, torch.dtype], dict[str, torch.Tensor]] = {}
 
     @staticmethod
     def _betas(config: SchedulerConfig, T: int) -> torch.Tensor:
@@ -114,7 +105,7 @@ class LocalConsistencyScheduler:
         f = torch.cos((torch.arange(T + 1, dtype=torch.float64) / T + s) / (1 + s) * math.pi / 2) ** 2
         return (1 - f[1:] / f[:-1]).clamp(max=0.999)
 
-    # ------------------------------------------------------------------ tables
+    # ---------------------------------------------------------------- schedule
     @property
     def num_train_timesteps(self) -> int:
         return self.config.num_train_timesteps
@@ -122,19 +113,6 @@ class LocalConsistencyScheduler:
     @property
     def num_segments(self) -> int:
         return self.config.num_segments
-
-    def tables(
-        self, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
-    ) -> dict[str, torch.Tensor]:
-        """The schedule tables cast once per (device, dtype), so the hot path never converts them."""
-        key = (torch.device(device), dtype)
-        if key not in self._tables:
-            self._tables[key] = {
-                "betas": self.betas.to(device, dtype),
-                "alphas": self.alphas.to(device, dtype),
-                "alphas_cumprod": self.alphas_cumprod.to(device, dtype),
-            }
-        return self._tables[key]
 
     def local_alphas_cumprod(self, timesteps: torch.Tensor, segments: torch.Tensor) -> torch.Tensor:
         """ᾱᵢ(t) = ∏_{b_i < j ≤ t} α_j = ᾱ_t / ᾱ_{b_i}, in float64 for accuracy (segments are 1-based).

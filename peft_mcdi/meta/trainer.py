@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from peft_mcdi.generator.model import WEIGHTS_NAME, McDiGenerator
 from peft_mcdi.meta.data import ZooTensors
 from peft_mcdi.meta.losses import LossNoise, draw_loss_noise
-from peft_mcdi.utils import atomic_write, atomic_write_text, stable_hash
+from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, stable_hash
 
 
 ALGORITHMS = ("reptile", "single_level")
@@ -38,7 +38,7 @@ OPTIMIZER_NAME = "optimizer.pt"
 
 
 @dataclass
-class MetaTrainConfig:
+class MetaTrainConfig(DictConfigMixin):
     """Outer/inner loop settings; names follow SPEC §3 (paper values in the help strings)."""
 
     algorithm: Literal["reptile", "single_level"] = field(
@@ -67,9 +67,6 @@ class MetaTrainConfig:
         for name in ("num_outer_steps", "meta_batch_size", "inner_steps", "samples_per_task", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:

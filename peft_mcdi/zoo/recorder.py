@@ -4,20 +4,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import torch
 from tqdm.auto import tqdm
 
 from peft_mcdi.generator.schedulers import local_target_epochs
 from peft_mcdi.meta.tasks import Task
-from peft_mcdi.utils import stable_hash
+from peft_mcdi.utils import DictConfigMixin, stable_hash
 from peft_mcdi.zoo.sam import SAM
 from peft_mcdi.zoo.store import ZooStore
 
 
 @dataclass
-class RecorderConfig:
+class RecorderConfig(DictConfigMixin):
     """How each task's trajectory is trained and what is kept. Part of the zoo's cache key."""
 
     num_epochs: int = field(default=10, metadata={"help": "M, training epochs per task."})
@@ -43,9 +43,6 @@ class RecorderConfig:
         if self.keep_every_epoch:
             return list(range(self.num_epochs + 1))
         return [0, *local_target_epochs(self.num_epochs, self.num_segments)]
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, torch.Tensor]], float]:

@@ -201,5 +201,5 @@ def test_bad_config_names_the_argument(kwargs, match):
 
 
 def test_unknown_config_key_is_listed():
-    with pytest.raises(ValueError, match="unknown scheduler config keys"):
+    with pytest.raises(ValueError, match=r"unknown SchedulerConfig keys \['num_segmnets'\]"):
         SchedulerConfig.from_dict({"num_train_timesteps": 20, "num_segmnets": 3})
