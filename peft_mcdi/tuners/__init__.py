@@ -1,0 +1,1 @@
+"""PEFT tuners whose weights are generated."""

@@ -1,0 +1,257 @@
+"""``McDiModel``: peft's LoRA tuner whose adapters are written by a generator (``adapt``) rather than trained.
+
+Everything LoRA does keeps working because the layers *are* LoRA layers: merging, several adapters, mixed-adapter
+batches, quantized bases. What this class adds is the bridge between a LoRA adapter's parameters and the weight
+codec of a :class:`~peft_mcdi.generator.model.McDiGenerator`.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from peft import LoraModel
+from peft.tuners.lora import LoraLayer
+
+import peft_mcdi
+from peft_mcdi.generator.condition import TextEncoder
+from peft_mcdi.generator.denoisers import DenoiserConfig
+from peft_mcdi.generator.model import FORMAT_VERSION, WEIGHTS_NAME, GeneratorConfig, McDiGenerator
+from peft_mcdi.generator.schedulers import SchedulerConfig
+
+
+@dataclass
+class AdaptInfo:
+    """What one ``adapt()`` call did. Times are wall-clock milliseconds."""
+
+    adapter_names: list[str]
+    encoder_ms: float
+    generator_ms: float
+    seed: int
+    nearest_training_distance: list[float]  # per task; NaN when the generator recorded no training conditions
+
+
+def _layer_index(name: str) -> int:
+    numbers = [int(p) for p in name.split(".") if p.isdigit()]
+    return numbers[-1] if numbers else -1
+
+
+class McDiModel(LoraModel):
+    prefix: str = "lora_"  # the layers are LoRA layers: their parameters are lora_A / lora_B
+
+    def __init__(self, model, config, adapter_name, low_cpu_mem_usage: bool = False, **kwargs) -> None:
+        super().__init__(model, config, adapter_name, low_cpu_mem_usage=low_cpu_mem_usage, **kwargs)
+        self._mcdi_generators: dict[str, McDiGenerator] = {}
+        self._mcdi_encoders: dict[str, TextEncoder] = {}
+
+    # ------------------------------------------------------------ LoRA ↔ codec
+    def lora_parameters(self, adapter_name: str = "default") -> dict[str, torch.nn.Parameter]:
+        """The adapter's LoRA matrices under canonical names (``<module>.lora_A.weight``), module-major: every layer's
+        q_proj, then every layer's v_proj, … — the order of the generator's codec, so its tokens are read by slices."""
+        found = []
+        for name, module in self.model.named_modules():
+            if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
+                kind = name.rsplit(".", 1)[-1]
+                found.append((kind, _layer_index(name), name, module))
+        if not found:
+            raise ValueError(f"the model has no LoRA adapter named {adapter_name!r}; it has {list(self.peft_config)}.")
+        params = {}
+        for _, _, name, module in sorted(found, key=lambda f: f[:3]):
+            params[f"{name}.lora_A.weight"] = module.lora_A[adapter_name].weight
+            params[f"{name}.lora_B.weight"] = module.lora_B[adapter_name].weight
+        return params
+
+    def lora_shapes(self, adapter_name: str = "default") -> dict[str, list[int]]:
+        return {name: list(p.shape) for name, p in self.lora_parameters(adapter_name).items()}
+
+    def check_generator(self, generator: McDiGenerator, adapter_name: str = "default") -> None:
+        """Raise a ValueError that says what differs when ``generator`` was not made for this adapter's layout."""
+        mine, theirs = self.lora_shapes(adapter_name), generator.codec.shapes
+        if generator.codec.row_tokens:
+            raise ValueError("this generator produces classifier-head rows, not LoRA matrices.")
+        problems = []
+        missing, extra = [k for k in theirs if k not in mine], [k for k in mine if k not in theirs]
+        if missing or extra:
+            problems.append(
+                f"{len(mine)} LoRA tensors here vs {len(theirs)} in the generator; generator-only: "
+                f"{missing[:3]}, model-only: {extra[:3]}"
+            )
+        shapes = [
+            f"{k}: model {mine[k]} vs generator {list(v)}"
+            for k, v in theirs.items()
+            if k in mine and list(v) != mine[k]
+        ]
+        if shapes:
+            problems.append(f"{len(shapes)} shape mismatches (rank or width), e.g. {shapes[:2]}")
+        if not problems and list(mine) != list(theirs):
+            problems.append("same tensors but in another order")
+        config = self.peft_config[adapter_name]
+        sched = generator.scheduler.config
+        if (sched.num_train_timesteps, sched.num_segments) != (config.num_train_timesteps, config.num_segments):
+            problems.append(
+                f"generator has T={sched.num_train_timesteps}, k={sched.num_segments}; the config "
+                f"expects T={config.num_train_timesteps}, k={config.num_segments}"
+            )
+        if problems:
+            raise ValueError(f"generator does not fit adapter {adapter_name!r}: " + "; ".join(problems) + ".")
+
+    def attach_generator(self, generator: McDiGenerator, adapter_name: str = "default") -> None:
+        """Use ``generator`` for ``adapter_name`` after checking that it fits (layer count, modules, shapes, rank)."""
+        self.check_generator(generator, adapter_name)
+        first = next(iter(self.lora_parameters(adapter_name).values()))
+        self._mcdi_generators[adapter_name] = generator.to(first.device)
+
+    def create_generator(
+        self,
+        adapter_name: str = "default",
+        denoiser: DenoiserConfig | None = None,
+        condition_dim: int = 384,
+        **generator_kwargs,
+    ) -> McDiGenerator:
+        """An untrained generator that fits this adapter (to train from scratch, and for tests), attached to it."""
+        config = self.peft_config[adapter_name]
+        denoiser = denoiser or DenoiserConfig(type="tokens", condition_dim=condition_dim, hidden_dim=128, num_layers=2)
+        metadata = {
+            "base_model": config.base_model_name_or_path,
+            "target_modules": sorted(config.target_modules) if config.target_modules else None,
+            "r": config.r,
+            "task_encoder": config.task_encoder,
+        }
+        generator = McDiGenerator(
+            GeneratorConfig(
+                codec={"shapes": self.lora_shapes(adapter_name)},
+                denoiser=denoiser,
+                metadata=metadata,
+                **generator_kwargs,
+            ),
+            SchedulerConfig(num_train_timesteps=config.num_train_timesteps, num_segments=config.num_segments),
+        )
+        self.attach_generator(generator, adapter_name)
+        return generator
+
+    def _generator_for(self, adapter_name: str) -> McDiGenerator:
+        if adapter_name not in self._mcdi_generators:
+            config = self.peft_config[adapter_name]
+            if config.generator_name_or_path is None:
+                raise ValueError(
+                    f"adapter {adapter_name!r} has no generator: set McDiConfig.generator_name_or_path, or call "
+                    "attach_generator() / create_generator() first."
+                )
+            generator = McDiGenerator.from_pretrained(
+                config.generator_name_or_path, revision=config.generator_revision
+            )
+            self.attach_generator(generator, adapter_name)
+        return self._mcdi_generators[adapter_name]
+
+    def _encoder_for(self, name: str) -> TextEncoder:
+        if name not in self._mcdi_encoders:
+            self._mcdi_encoders[name] = TextEncoder(name)
+        return self._mcdi_encoders[name]
+
+    # ------------------------------------------------------------------ adapt
+    @torch.no_grad()
+    def adapt(
+        self,
+        prompts: str | list[str] | None = None,
+        *,
+        embedding: torch.Tensor | None = None,
+        adapter_names: str | list[str] | None = None,
+        seed: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> AdaptInfo:
+        """Generate LoRA weights for one or several tasks and write them into their adapters, without gradients.
+
+        Args:
+            prompts: a task description or a list of them (one adapter each).
+            embedding: precomputed conditions (B, C) or (C,) instead of prompts (skips the encoder).
+            adapter_names: where to write each task's weights; default: the active adapter. Missing adapters are
+                created with the active adapter's config.
+            seed, guidance_scale: override the adapter config's values.
+        """
+        if (prompts is None) == (embedding is None):
+            raise ValueError("pass exactly one of prompts or embedding.")
+        num_tasks = (
+            (1 if isinstance(prompts, str) else len(prompts))
+            if prompts is not None
+            else (1 if embedding.dim() == 1 else embedding.shape[0])
+        )
+        if adapter_names is None:
+            if num_tasks != 1:
+                raise ValueError(f"{num_tasks} tasks need adapter_names (one per task).")
+            adapter_names = [self.active_adapters[0]]
+        adapter_names = [adapter_names] if isinstance(adapter_names, str) else list(adapter_names)
+        if len(adapter_names) != num_tasks:
+            raise ValueError(f"got {num_tasks} tasks but {len(adapter_names)} adapter_names.")
+        template = self.peft_config[self.active_adapters[0]]
+        for name in adapter_names:
+            if name not in self.peft_config:
+                self._add_adapter_like(name, template)
+        configs = [self.peft_config[n] for n in adapter_names]
+        generator = self._generator_for(adapter_names[0])
+        for name in adapter_names[1:]:
+            if self._generator_for(name) is not generator:
+                raise ValueError(
+                    "adapters generated in one batch must share one generator; call adapt() per generator."
+                )
+
+        start = time.perf_counter()
+        if embedding is None:
+            texts = [prompts] if isinstance(prompts, str) else list(prompts)
+            encoder_names = {c.task_encoder for c in configs}
+            if len(encoder_names) != 1:
+                raise ValueError(f"adapters of one batch use different task encoders: {sorted(encoder_names)}.")
+            condition = self._encoder_for(encoder_names.pop()).encode(texts)
+        else:
+            condition = embedding[None] if embedding.dim() == 1 else embedding
+        encoder_ms = (time.perf_counter() - start) * 1e3
+
+        seed = configs[0].seed if seed is None else seed
+        guidance = configs[0].guidance_scale if guidance_scale is None else guidance_scale
+        start = time.perf_counter()
+        weights = generator.generate(
+            condition,
+            seed=seed,
+            sampler=configs[0].sampler,
+            num_inference_steps=configs[0].num_sampling_steps,
+            guidance_scale=guidance,
+        )
+        generator_ms = (time.perf_counter() - start) * 1e3
+
+        for j, name in enumerate(adapter_names):
+            params = self.lora_parameters(name)
+            torch._foreach_copy_(list(params.values()), [weights[k][j].to(p.dtype) for k, p in params.items()])
+            self.peft_config[name].provenance = {
+                "prompt": texts[j] if embedding is None else None,
+                "seed": seed,
+                "generator": self.peft_config[name].generator_name_or_path,
+                "generator_revision": self.peft_config[name].generator_revision,
+                "generator_sha256": _weights_sha256(self.peft_config[name].generator_name_or_path),
+                "peft_mcdi_version": peft_mcdi.__version__,
+                "format_version": FORMAT_VERSION,
+            }
+        distance = generator.nearest_training_distance(condition).tolist()
+        return AdaptInfo(adapter_names, encoder_ms, generator_ms, seed, distance)
+
+    def _add_adapter_like(self, name: str, template) -> None:
+        """A new adapter with ``template``'s config (as ``PeftModel.add_adapter`` does), sharing its generator."""
+        config = copy.deepcopy(template)
+        config.provenance = None
+        self.peft_config[name] = config
+        self.inject_adapter(self.model, name)
+        generator = self._mcdi_generators.get(self.active_adapters[0])
+        if generator is not None and config.generator_name_or_path == template.generator_name_or_path:
+            self.attach_generator(generator, name)
+
+
+def _weights_sha256(generator_path: str | None) -> str | None:
+    """sha256 of a local generator's weights file (the identity a provenance record needs); None otherwise."""
+    if generator_path is None:
+        return None
+    path = Path(generator_path) / WEIGHTS_NAME
+    if not path.is_file():
+        return None
+    return hashlib.sha256(path.read_bytes()).hexdigest()

@@ -1,0 +1,186 @@
+"""The MCDI PEFT method on tiny random models: registration, config validation, adapt, save/load, batches."""
+
+import importlib
+import json
+
+import pytest
+import torch
+from peft import PeftModel, get_peft_model
+from peft.utils import PeftType
+from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
+
+import peft_mcdi
+from peft_mcdi import McDiConfig, McDiModel
+
+
+COND = 8
+
+
+def tiny_llama(seed=0):
+    torch.manual_seed(seed)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    return LlamaForCausalLM(config).eval()
+
+
+def tiny_bert(seed=0):
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                        num_attention_heads=4, num_labels=3)  # fmt: skip
+    return BertForSequenceClassification(config).eval()
+
+
+def make(r=4, **kwargs):
+    model = get_peft_model(tiny_llama(), McDiConfig(r=r, target_modules=["q_proj", "v_proj"], **kwargs))
+    generator = model.create_generator(condition_dim=COND)
+    with torch.no_grad():  # an untrained generator writes the same weights for every task; perturb it
+        for p in generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    return model, generator
+
+
+def lora_state(model, adapter="default"):
+    return {k: v.detach().clone() for k, v in model.base_model.lora_parameters(adapter).items()}
+
+
+def test_registration_is_idempotent():
+    peft_mcdi.register()
+    importlib.reload(peft_mcdi)
+    peft_mcdi.register()
+    assert PeftType("MCDI") is PeftType.MCDI
+    assert list(PeftType).count(PeftType.MCDI) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"use_dora": True}, "use_dora"),
+        ({"sampler": "euler"}, "sampler"),
+        ({"num_segments": 30}, "num_segments"),
+        ({"num_sampling_steps": 50}, "num_sampling_steps"),
+        ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
+        ({"guidance_scale": -1.0}, "guidance_scale"),
+    ],
+)
+def test_config_validates_at_construction(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        McDiConfig(target_modules=["q_proj"], **kwargs)
+
+
+def test_get_peft_model_builds_an_mcdi_lora_model():
+    model, _ = make()
+    assert isinstance(model.base_model, McDiModel)
+    assert model.peft_config["default"].peft_type == PeftType.MCDI
+    names = list(model.base_model.lora_shapes())
+    assert names[0].endswith("layers.0.self_attn.q_proj.lora_A.weight")  # module-major order
+    assert names[6].endswith("layers.0.self_attn.v_proj.lora_A.weight")
+    bert = get_peft_model(tiny_bert(), McDiConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    assert isinstance(bert.base_model, McDiModel) and len(bert.base_model.lora_shapes()) == 8
+
+
+def test_adapt_writes_weights_deterministically():
+    model, _ = make()
+    before = lora_state(model)
+    cond = torch.randn(COND)
+    info = model.adapt(embedding=cond, seed=3)
+    first = lora_state(model)
+    assert info.adapter_names == ["default"] and info.seed == 3 and info.generator_ms > 0
+    assert any(not torch.equal(first[k], before[k]) for k in first)
+    model.adapt(embedding=cond, seed=3)
+    assert all(torch.equal(lora_state(model)[k], first[k]) for k in first)
+    model.adapt(embedding=cond, seed=4)
+    assert any(not torch.equal(lora_state(model)[k], first[k]) for k in first)
+
+
+def test_batched_adapt_equals_one_by_one_and_mixed_batches_work():
+    model, _ = make()
+    conds = torch.randn(2, COND)
+    model.adapt(embedding=conds, adapter_names=["a", "b"], seed=1)
+    batched = {name: lora_state(model, name) for name in ("a", "b")}
+    for j, name in enumerate(("a", "b")):
+        model.adapt(embedding=conds[j], adapter_names=name, seed=1)
+        for key, value in lora_state(model, name).items():
+            torch.testing.assert_close(value, batched[name][key], atol=1e-5, rtol=1e-5)
+
+    x = torch.randint(0, 64, (3, 6))
+    mixed = model(input_ids=x, adapter_names=["a", "b", "a"]).logits
+    for row, name in enumerate(["a", "b", "a"]):
+        model.set_adapter(name)
+        torch.testing.assert_close(mixed[row], model(input_ids=x[row : row + 1]).logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_save_load_restores_logits_and_provenance(tmp_path):
+    model, generator = make()
+    generator.save_pretrained(tmp_path / "gen")
+    model.peft_config["default"].generator_name_or_path = str(tmp_path / "gen")
+    model.adapt(embedding=torch.randn(COND), seed=5)
+    x = torch.randint(0, 64, (2, 7))
+    logits = model(input_ids=x).logits
+    model.save_pretrained(tmp_path / "adapter")
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "MCDI"
+    assert saved["provenance"]["seed"] == 5 and len(saved["provenance"]["generator_sha256"]) == 64
+    assert saved["provenance"]["peft_mcdi_version"] == peft_mcdi.__version__
+
+    loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "adapter")
+    assert isinstance(loaded.base_model, McDiModel)
+    torch.testing.assert_close(loaded(input_ids=x).logits, logits)
+    # the referenced generator resolves, so the loaded adapter can be regenerated
+    loaded.adapt(embedding=torch.randn(COND), seed=6)
+    assert not torch.allclose(loaded(input_ids=x).logits, logits)
+
+
+def test_merge_and_unload_keeps_logits():
+    model, _ = make()
+    model.adapt(embedding=torch.randn(COND))
+    x = torch.randint(0, 64, (2, 5))
+    logits = model(input_ids=x).logits
+    merged = model.merge_and_unload()
+    assert isinstance(merged, LlamaForCausalLM)
+    torch.testing.assert_close(merged(input_ids=x).logits, logits, atol=1e-5, rtol=1e-5)
+
+
+def test_generated_adapter_can_be_fine_tuned(tmp_path):
+    model, _ = make()
+    model.adapt(embedding=torch.randn(COND))
+    model.save_pretrained(tmp_path)
+    trainable = PeftModel.from_pretrained(tiny_llama(), tmp_path, is_trainable=True)
+    params = [p for n, p in trainable.named_parameters() if p.requires_grad]
+    assert params and all("lora_" in n for n, p in trainable.named_parameters() if p.requires_grad)
+    before = [p.detach().clone() for p in params]
+    x = torch.randint(0, 64, (2, 6))
+    trainable(input_ids=x, labels=x).loss.backward()
+    torch.optim.SGD(params, lr=0.1).step()
+    assert any(not torch.equal(a, b) for a, b in zip(before, params))
+
+
+def test_generator_that_does_not_fit_is_explained():
+    model, _ = make(r=4)
+    other, generator = make(r=2)
+    with pytest.raises(ValueError, match=r"generator does not fit adapter 'default': .*shape mismatches \(rank"):
+        model.base_model.attach_generator(generator)
+    short = get_peft_model(tiny_llama(), McDiConfig(r=4, target_modules=["q_proj"]))
+    with pytest.raises(ValueError, match="6 LoRA tensors here vs 12 in the generator"):
+        short.base_model.attach_generator(model.base_model._mcdi_generators["default"])
+
+
+def test_adapt_without_generator_or_with_bad_arguments():
+    model = get_peft_model(tiny_llama(), McDiConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    with pytest.raises(ValueError, match="has no generator"):
+        model.adapt(embedding=torch.randn(COND))
+    with pytest.raises(ValueError, match="exactly one of prompts or embedding"):
+        model.adapt()
+    with pytest.raises(ValueError, match="2 tasks need adapter_names"):
+        model.adapt(embedding=torch.randn(2, COND))
+    model.create_generator(condition_dim=COND)
+    with pytest.raises(ValueError, match="condition_dim=8"):
+        model.adapt(embedding=torch.randn(5))
+
+
+def test_adapt_from_a_prompt_uses_the_offline_sentence_encoder():
+    model = get_peft_model(tiny_llama(), McDiConfig(r=2, target_modules=["q_proj"]))
+    model.create_generator()  # 384-d MiniLM conditions
+    info = model.adapt("Decide whether the word names a kind of fish.")
+    assert info.encoder_ms > 0
+    assert model.peft_config["default"].provenance["prompt"].startswith("Decide whether")
