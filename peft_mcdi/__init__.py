@@ -10,7 +10,7 @@ from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import LocalConsistencyScheduler, SchedulerConfig
 from peft_mcdi.meta.tasks import Task, TaskSet, TaskSets, get_tasksets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
-from peft_mcdi.tuners.mcdi import AdaptInfo, McDiConfig, McDiModel
+from peft_mcdi.tuners.mcdi import AdaptInfo, McDiConfig, McDiModel, export_lora
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.sam import SAM
 from peft_mcdi.zoo.store import ZooCorruptError, ZooStore
@@ -39,5 +39,6 @@ __all__ = [
     "ZooCorruptError",
     "ZooStore",
     "collect",
+    "export_lora",
     "get_tasksets",
 ]

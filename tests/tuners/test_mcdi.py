@@ -18,15 +18,22 @@ COND = 8
 
 def tiny_llama(seed=0):
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     return LlamaForCausalLM(config).eval()
 
 
 def tiny_bert(seed=0):
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=4, num_labels=3)  # fmt: skip
+    config = BertConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_labels=3
+    )
     return BertForSequenceClassification(config).eval()
 
 
@@ -184,3 +191,64 @@ def test_adapt_from_a_prompt_uses_the_offline_sentence_encoder():
     info = model.adapt("Decide whether the word names a kind of fish.")
     assert info.encoder_ms > 0
     assert model.peft_config["default"].provenance["prompt"].startswith("Decide whether")
+
+
+VANILLA = """
+import sys
+import torch
+from peft import PeftModel
+from safetensors.torch import load_file
+from transformers import LlamaForCausalLM
+
+base = LlamaForCausalLM.from_pretrained(sys.argv[1]).eval()
+model = PeftModel.from_pretrained(base, sys.argv[2]).eval()
+assert "peft_mcdi" not in sys.modules
+expected = load_file(sys.argv[3])
+logits = model(input_ids=expected["input_ids"]).logits
+torch.testing.assert_close(logits, expected["logits"])
+print(model.peft_config["default"].peft_type)
+"""
+
+
+def test_export_lora_loads_in_vanilla_peft_with_identical_logits(tmp_path):
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    base = tiny_llama()
+    base.save_pretrained(tmp_path / "base")
+    model = get_peft_model(base, McDiConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    generator = model.create_generator(condition_dim=COND)
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    model.adapt(embedding=torch.randn(COND))
+    x = torch.randint(0, 64, (2, 6))
+    save_file({"input_ids": x, "logits": model(input_ids=x).logits.detach()}, tmp_path / "expected.safetensors")
+    peft_mcdi.export_lora(model, tmp_path / "lora")
+    config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
+    assert config["peft_type"] == "LORA" and "generator_name_or_path" not in config
+    script = tmp_path / "vanilla.py"
+    script.write_text(VANILLA)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(script),
+            str(tmp_path / "base"),
+            str(tmp_path / "lora"),
+            str(tmp_path / "expected.safetensors"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "LORA" in proc.stdout
+
+
+def test_export_refuses_unknown_adapters():
+    model, _ = make()
+    with pytest.raises(ValueError, match="no adapter named 'x'"):
+        peft_mcdi.export_lora(model, "/tmp/unused", adapter_name="x")
