@@ -12,6 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peft_mcdi.generator.card import generator_card
 from peft_mcdi.generator.codec import TokenLayout, WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
 from peft_mcdi.generator.sampling import sample
@@ -21,6 +22,7 @@ from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text
 
 
 CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
 FORMAT_VERSION = 1
 
@@ -172,6 +174,31 @@ class McDiGenerator(nn.Module):
         self.scheduler.save_config(save_directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         atomic_write(save_directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        atomic_write_text(save_directory / CARD_NAME, generator_card(self))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        token: str | None = None,
+        private: bool | None = None,
+        revision: str | None = None,
+        commit_message: str = "Upload Mc-Di generator",
+    ) -> str:
+        """Save (config, weights, codec statistics, scheduler config, card) and upload to the Hub; returns the
+        commit URL. Needs network access and a token with write permission."""
+        import tempfile
+
+        from huggingface_hub import HfApi
+
+        api = HfApi(token=token)
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder)
+            (Path(folder) / CARD_NAME).write_text(generator_card(self, repo_id), encoding="utf-8")
+            api.create_repo(repo_id, private=private, exist_ok=True)
+            commit = api.upload_folder(
+                repo_id=repo_id, folder_path=folder, revision=revision, commit_message=commit_message
+            )
+        return str(commit)
 
     @classmethod
     def from_pretrained(

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+import yaml
 
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import WEIGHTS_NAME, GeneratorConfig, McDiGenerator
@@ -96,7 +97,7 @@ def test_save_load_gives_identical_samples(kind, tmp_path):
     gen, c = make_generator(kind), conditions(kind, 2)
     gen.set_training_conditions(conditions(kind, 6))
     gen.save_pretrained(tmp_path)
-    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "scheduler_config.json", WEIGHTS_NAME}
+    assert {p.name for p in tmp_path.iterdir()} == {"config.json", "scheduler_config.json", WEIGHTS_NAME, "README.md"}
     loaded = McDiGenerator.from_pretrained(tmp_path)
     assert loaded.config == gen.config and loaded.scheduler.config == gen.scheduler.config
     torch.testing.assert_close(loaded.generate_vectors(c, seed=1), gen.generate_vectors(c, seed=1), rtol=0, atol=0)
@@ -142,3 +143,51 @@ def test_bad_generator_config_names_the_argument(kwargs, match):
     base = {"codec": {"shapes": {"w": [3]}}}
     with pytest.raises(ValueError, match=match):
         GeneratorConfig(**{**base, **kwargs})
+
+
+def test_card_is_written_from_metadata(tmp_path):
+    gen = make_generator("lora")
+    gen.config.metadata.update(
+        base_model="HuggingFaceTB/SmolLM2-135M-Instruct",
+        target_modules=["q_proj", "v_proj"],
+        r=2,
+        num_train_tasks=48,
+        taskset="wordnet",
+        latency_ms=12.5,
+        licenses={"SmolLM2-135M-Instruct": "apache-2.0", "WordNet 3.0": "WordNet licence"},
+    )
+    gen.save_pretrained(tmp_path)
+    card = (tmp_path / "README.md").read_text()
+    front = yaml.safe_load(card.split("---")[1])
+    assert front["tags"] == ["peft", "mcdi", "lora", "weight-generation"]
+    assert front["base_model"] == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert "| training tasks | 48 (wordnet) |" in card and "12.50 ms" in card and "WordNet licence" in card
+    usage = card.split("```python")[1]
+    assert usage.lstrip().startswith("import peft_mcdi")
+
+
+def test_push_to_hub_uploads_the_saved_folder(monkeypatch):
+    """No network here: the Hub client is replaced at the last step, and what it would upload is checked."""
+    import huggingface_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            calls["token"] = token
+
+        def create_repo(self, repo_id, private=None, exist_ok=False):
+            calls["repo"] = (repo_id, private, exist_ok)
+
+        def upload_folder(self, repo_id, folder_path, revision=None, commit_message=""):
+            from pathlib import Path
+
+            calls["files"] = sorted(p.name for p in Path(folder_path).iterdir())
+            calls["card"] = (Path(folder_path) / "README.md").read_text()
+            return "https://huggingface.co/user/gen/commit/abc"
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = make_generator("mlp").push_to_hub("user/gen", token="t0k", private=True)
+    assert url.endswith("/commit/abc") and calls["repo"] == ("user/gen", True, True) and calls["token"] == "t0k"
+    assert calls["files"] == ["README.md", "config.json", "model.safetensors", "scheduler_config.json"]
+    assert 'generator_name_or_path="user/gen"' in calls["card"]
