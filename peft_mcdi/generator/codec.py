@@ -67,12 +67,15 @@ _LORA_SUFFIX = re.compile(r"\.lora_[AB](\.[^.]+)?$")
 
 
 def lora_block_of(name: str) -> tuple[str, str, int]:
-    """(block key, module type, layer index) of a LoRA tensor name such as ``model.layers.3.self_attn.q_proj.lora_A``.
+    """(block key, block type, layer index) of a tensor name.
 
-    Tensors without a ``lora_A``/``lora_B`` suffix are their own block; the layer is the last integer path component
-    (−1 when there is none).
+    LoRA tensors (``model.layers.3.self_attn.q_proj.lora_A``) group by their module: type ``q_proj``, layer 3. Other
+    tensors group by the module that owns them (``classifier.weight`` and ``classifier.bias`` → block ``classifier``).
+    The layer is the last integer path component (−1 when there is none).
     """
     block = _LORA_SUFFIX.sub("", name)
+    if block == name and "." in name:
+        block = name.rsplit(".", 1)[0]
     parts = block.split(".")
     layers = [int(p) for p in parts if p.isdigit()]
     return block, parts[-1], layers[-1] if layers else -1

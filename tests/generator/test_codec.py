@@ -94,6 +94,7 @@ def test_lora_token_layout():
     assert layout.types == ("q_proj", "v_proj") * 3
     assert layout.dims == (20,) * 6 and layout.offsets == tuple(range(0, 120, 20))
     assert layout.depths == (0.0, 0.0, 0.5, 0.5, 1.0, 1.0)
+    assert lora_block_of("classifier.bias") == ("classifier", "classifier", -1)
     assert lora_block_of("base_model.model.model.layers.12.mlp.down_proj.lora_B.weight") == (
         "base_model.model.model.layers.12.mlp.down_proj",
         "down_proj",

@@ -83,7 +83,7 @@ def test_get_peft_model_builds_an_mcdi_lora_model():
     assert names[0].endswith("layers.0.self_attn.q_proj.lora_A.weight")  # module-major order
     assert names[6].endswith("layers.0.self_attn.v_proj.lora_A.weight")
     bert = get_peft_model(tiny_bert(), McDiConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
-    assert isinstance(bert.base_model, McDiModel) and len(bert.base_model.lora_shapes()) == 8
+    assert isinstance(bert.base_model, McDiModel) and len(bert.base_model.lora_shapes()) == 8 + 2  # + classifier
 
 
 def test_adapt_writes_weights_deterministically():
@@ -92,7 +92,7 @@ def test_adapt_writes_weights_deterministically():
     cond = torch.randn(COND)
     info = model.adapt(embedding=cond, seed=3)
     first = lora_state(model)
-    assert info.adapter_names == ["default"] and info.seed == 3 and info.generator_ms > 0
+    assert info.adapter_names == ["default"] and info.seeds == [3] and info.generator_ms > 0
     assert any(not torch.equal(first[k], before[k]) for k in first)
     model.adapt(embedding=cond, seed=3)
     assert all(torch.equal(lora_state(model)[k], first[k]) for k in first)
@@ -252,3 +252,37 @@ def test_export_refuses_unknown_adapters():
     model, _ = make()
     with pytest.raises(ValueError, match="no adapter named 'x'"):
         peft_mcdi.export_lora(model, "/tmp/unused", adapter_name="x")
+
+
+def test_num_samples_selects_the_candidate_with_the_lowest_loss():
+    model, _ = make()
+    cond = torch.randn(COND)
+    x = torch.randint(0, 64, (4, 6))
+    examples = {"input_ids": x, "labels": x}
+    losses = {}
+    for seed in range(10, 14):  # each candidate alone
+        model.adapt(embedding=cond, seed=seed)
+        losses[seed] = model(**examples).loss.item()
+    info = model.adapt(embedding=cond, seed=10, num_samples=4, examples=examples)
+    best = min(losses, key=losses.get)
+    assert info.seeds == [best]
+    assert model(**examples).loss.item() == pytest.approx(losses[best], rel=1e-5)
+    assert model.peft_config["default"].provenance["seed"] == best
+    with pytest.raises(ValueError, match="selects on labelled examples"):
+        model.adapt(embedding=cond, num_samples=2)
+
+
+def test_sequence_classification_heads_are_generated_with_the_lora():
+    model = get_peft_model(tiny_bert(), McDiConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    shapes = model.base_model.lora_shapes()
+    assert list(shapes)[-2:] == ["classifier.weight", "classifier.bias"] and shapes["classifier.weight"] == [3, 32]
+    generator = model.create_generator(condition_dim=COND)
+    assert generator.codec.token_layout().type_parts()["classifier"] == [[3, 32], [3]]
+    with torch.no_grad():
+        for p in generator.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.eval()
+    head = model.base_model.lora_parameters()["classifier.weight"]
+    before = head.detach().clone()
+    model.adapt(embedding=torch.randn(COND))
+    assert not torch.equal(head, before)

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from peft import LoraModel
 from peft.tuners.lora import LoraLayer
+from peft.utils import ModulesToSaveWrapper
 
 import peft_mcdi
 from peft_mcdi.generator.condition import TextEncoder
@@ -31,7 +32,7 @@ class AdaptInfo:
     adapter_names: list[str]
     encoder_ms: float
     generator_ms: float
-    seed: int
+    seeds: list[int]  # per task, the seed of the weights written (the selected one when num_samples > 1)
     nearest_training_distance: list[float]  # per task; NaN when the generator recorded no training conditions
 
 
@@ -50,20 +51,24 @@ class McDiModel(LoraModel):
 
     # ------------------------------------------------------------ LoRA ↔ codec
     def lora_parameters(self, adapter_name: str = "default") -> dict[str, torch.nn.Parameter]:
-        """The adapter's LoRA matrices under canonical names (``<module>.lora_A.weight``), module-major: every layer's
-        q_proj, then every layer's v_proj, … — the order of the generator's codec, so its tokens are read by slices."""
-        found = []
+        """Everything the generator writes for an adapter, under canonical names: the LoRA matrices
+        (``<module>.lora_A.weight``), module-major — every layer's q_proj, then every layer's v_proj, … — so the
+        codec's tokens are read by slices; then, for sequence-classification bases, the task head that peft trains
+        beside the LoRA (``modules_to_save``, e.g. ``classifier.weight``/``.bias``), generated together with it."""
+        found, heads = [], {}
         for name, module in self.model.named_modules():
             if isinstance(module, LoraLayer) and adapter_name in module.lora_A:
-                kind = name.rsplit(".", 1)[-1]
-                found.append((kind, _layer_index(name), name, module))
+                found.append((name.rsplit(".", 1)[-1], _layer_index(name), name, module))
+            elif isinstance(module, ModulesToSaveWrapper) and adapter_name in module.modules_to_save:
+                for pname, param in module.modules_to_save[adapter_name].named_parameters():
+                    heads[f"{name}.{pname}"] = param
         if not found:
             raise ValueError(f"the model has no LoRA adapter named {adapter_name!r}; it has {list(self.peft_config)}.")
         params = {}
         for _, _, name, module in sorted(found, key=lambda f: f[:3]):
             params[f"{name}.lora_A.weight"] = module.lora_A[adapter_name].weight
             params[f"{name}.lora_B.weight"] = module.lora_B[adapter_name].weight
-        return params
+        return params | heads
 
     def lora_shapes(self, adapter_name: str = "default") -> dict[str, list[int]]:
         return {name: list(p.shape) for name, p in self.lora_parameters(adapter_name).items()}
@@ -162,6 +167,8 @@ class McDiModel(LoraModel):
         adapter_names: str | list[str] | None = None,
         seed: int | None = None,
         guidance_scale: float | None = None,
+        num_samples: int = 1,
+        examples: dict | list[dict] | None = None,
     ) -> AdaptInfo:
         """Generate LoRA weights for one or several tasks and write them into their adapters, without gradients.
 
@@ -171,7 +178,15 @@ class McDiModel(LoraModel):
             adapter_names: where to write each task's weights; default: the active adapter. Missing adapters are
                 created with the active adapter's config.
             seed, guidance_scale: override the adapter config's values.
+            num_samples: draw this many candidates per task (seeds ``seed``, ``seed + 1``, …) and keep the one with
+                the lowest loss on ``examples``.
+            examples: labelled examples for that selection: model inputs with ``labels`` (a dict for one task, a
+                list of dicts, one per task). No gradient is taken; each candidate costs one forward pass.
         """
+        if not isinstance(num_samples, int) or num_samples < 1:
+            raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
+        if num_samples > 1 and examples is None:
+            raise ValueError("num_samples > 1 selects on labelled examples: pass examples=dict(..., labels=...).")
         if (prompts is None) == (embedding is None):
             raise ValueError("pass exactly one of prompts or embedding.")
         num_tasks = (
@@ -212,21 +227,38 @@ class McDiModel(LoraModel):
         seed = configs[0].seed if seed is None else seed
         guidance = configs[0].guidance_scale if guidance_scale is None else guidance_scale
         start = time.perf_counter()
+        # Task j's candidate s uses seed + s whatever the batch: a task gets the same candidates alone or batched.
         weights = generator.generate(
-            condition,
-            seed=seed,
+            condition.repeat_interleave(num_samples, dim=0),
+            seed=[seed + s for _ in adapter_names for s in range(num_samples)],
             sampler=configs[0].sampler,
             num_inference_steps=configs[0].num_sampling_steps,
             guidance_scale=guidance,
         )
         generator_ms = (time.perf_counter() - start) * 1e3
 
+        if isinstance(examples, dict):
+            examples = [examples]
+        if examples is not None and len(examples) != len(adapter_names):
+            raise ValueError(f"got {len(examples)} example sets for {len(adapter_names)} tasks; pass one per task.")
+        chosen = []
         for j, name in enumerate(adapter_names):
             params = self.lora_parameters(name)
-            torch._foreach_copy_(list(params.values()), [weights[k][j].to(p.dtype) for k, p in params.items()])
+            losses = []
+            for s in range(num_samples):
+                row = j * num_samples + s
+                torch._foreach_copy_(list(params.values()), [weights[k][row].to(p.dtype) for k, p in params.items()])
+                if num_samples > 1:
+                    losses.append(self._loss_on(name, examples[j]))
+            best = min(range(num_samples), key=losses.__getitem__) if num_samples > 1 else 0
+            if best != num_samples - 1:  # the last candidate written is not the best: write the best one back
+                row = j * num_samples + best
+                torch._foreach_copy_(list(params.values()), [weights[k][row].to(p.dtype) for k, p in params.items()])
+            chosen.append(seed + best)
             self.peft_config[name].provenance = {
                 "prompt": texts[j] if embedding is None else None,
-                "seed": seed,
+                "seed": seed + best,
+                "num_samples": num_samples,
                 "generator": self.peft_config[name].generator_name_or_path,
                 "generator_revision": self.peft_config[name].generator_revision,
                 "generator_sha256": _weights_sha256(self.peft_config[name].generator_name_or_path),
@@ -234,7 +266,18 @@ class McDiModel(LoraModel):
                 "format_version": FORMAT_VERSION,
             }
         distance = generator.nearest_training_distance(condition).tolist()
-        return AdaptInfo(adapter_names, encoder_ms, generator_ms, seed, distance)
+        return AdaptInfo(adapter_names, encoder_ms, generator_ms, chosen, distance)
+
+    def _loss_on(self, adapter_name: str, examples: dict) -> float:
+        """The model's loss on labelled examples with only ``adapter_name`` active (a forward pass, no gradient)."""
+        if "labels" not in examples:
+            raise ValueError("examples must include 'labels' (the model computes the selection loss from them).")
+        previous = self.active_adapters
+        self.set_adapter(adapter_name)
+        try:
+            return float(self.model(**examples).loss)
+        finally:
+            self.set_adapter(previous)
 
     def _add_adapter_like(self, name: str, template) -> None:
         """A new adapter with ``template``'s config (as ``PeftModel.add_adapter`` does), sharing its generator."""
