@@ -170,7 +170,10 @@ def evaluate_heldout(
     zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1)
     single = test_conditions[:1]
     latency = median_ms(lambda: generator.generate_vectors(single, seed=0, **generate_kwargs))
+    first = tasksets.test[0]
     results = {
+        "metric": first.metric,
+        "higher_is_better": first.higher_is_better,
         "heldout_metric": {name: sum(v) / len(v) for name, v in methods.items()},
         "per_task": methods,
         "generation_ms_median": latency,
@@ -183,9 +186,10 @@ def evaluate_heldout(
 
 
 def format_results(results: dict) -> str:
-    """A small table of held-out metric by method (lower is better for losses)."""
-    lines = ["method                 held-out metric", "-" * 38]
-    for name, value in sorted(results["heldout_metric"].items(), key=lambda kv: kv[1]):
+    """A small table of held-out metric by method, best first."""
+    lines = [f"method                 held-out {results['metric']}", "-" * 38]
+    ranked = sorted(results["heldout_metric"].items(), key=lambda kv: kv[1], reverse=results["higher_is_better"])
+    for name, value in ranked:
         lines.append(f"{name:<22} {value:.4f}")
     lines.append(f"generation latency (median, 1 task, encoder excluded): {results['generation_ms_median']:.2f} ms")
     if "hypernetwork_ms_median" in results:

@@ -1,6 +1,7 @@
 """Built-in task families; importing this package registers them with ``get_tasksets``."""
 
 from peft_mcdi.data.logistic import LogisticFamilyConfig, LogisticTask
+from peft_mcdi.data.text_lora import ConceptLoRATask, SharedLoRAModel
 
 
-__all__ = ["LogisticFamilyConfig", "LogisticTask"]
+__all__ = ["ConceptLoRATask", "LogisticFamilyConfig", "LogisticTask", "SharedLoRAModel"]

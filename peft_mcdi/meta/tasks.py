@@ -17,6 +17,8 @@ class Task(ABC):
 
     task_id: str
     condition: torch.Tensor  # (C,), or (N, C) for per-class conditions
+    metric: str = "loss"  # what evaluate() returns
+    higher_is_better: bool = False
 
     @abstractmethod
     def init_params(self) -> dict[str, torch.Tensor]:

@@ -1,0 +1,61 @@
+"""LoRA + head tasks on the real all-MiniLM-L6-v2 encoder (the offline package)."""
+
+import pytest
+import torch
+from peft import get_peft_model
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from peft_mcdi import McDiConfig
+from peft_mcdi.data.text_lora import ConceptLoRATask, SharedLoRAModel
+from peft_mcdi.data.wordnet import ConceptTask
+from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, resolve_text_encoder
+from peft_mcdi.zoo.recorder import RecorderConfig, train_task
+
+
+@pytest.fixture(scope="module")
+def shared():
+    path = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
+    torch.manual_seed(0)
+    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    model = get_peft_model(base, McDiConfig(r=2, target_modules=["query", "value"], task_type="SEQ_CLS"))
+    return SharedLoRAModel(model, AutoTokenizer.from_pretrained(path))
+
+
+def fruit_task(shared):
+    fruits = ["apple", "pear", "plum", "cherry", "banana", "mango", "grape", "lemon", "peach", "melon", "kiwi", "fig"]
+    others = [
+        "hammer",
+        "river",
+        "chair",
+        "doctor",
+        "cloud",
+        "engine",
+        "violin",
+        "carpet",
+        "bridge",
+        "pencil",
+        "sock",
+        "tiger",
+    ]
+    pairs = [(w, 1) for w in fruits] + [(w, 0) for w in others]
+    concept = ConceptTask("test-fruit.n.01", "fruit.n.01", "Does the word name a kind of fruit?", pairs, [], pairs)
+    return ConceptLoRATask(concept, shared, torch.zeros(384), batch_size=8)
+
+
+def test_shared_init_and_names_match_the_generator_codec(shared):
+    names = list(shared.model.base_model.lora_parameters())
+    assert list(shared.theta0) == names and names[-2:] == ["classifier.weight", "classifier.bias"]
+    assert all(shared.theta0[n].abs().sum() == 0 for n in names if "lora_B" in n or "classifier" in n)
+    assert all(shared.theta0[n].abs().sum() > 0 for n in names if "lora_A" in n)
+
+
+def test_recorder_learns_a_real_text_task_without_touching_the_shared_model(shared):
+    task = fruit_task(shared)
+    own = {k: v.detach().clone() for k, v in shared.model.base_model.lora_parameters().items()}
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=8, lr=1e-2))
+    assert task.evaluate(checkpoints[0]) == 0.5  # zero head: one class for every word
+    assert task.evaluate(checkpoints[8]) >= 0.9  # trained on these very words: it must fit them
+    both = task.evaluate({k: torch.stack([checkpoints[0][k], checkpoints[8][k]]) for k in checkpoints[0]})
+    assert both.tolist() == [task.evaluate(checkpoints[0]).item(), task.evaluate(checkpoints[8]).item()]
+    for k, v in shared.model.base_model.lora_parameters().items():
+        assert torch.equal(v, own[k])
