@@ -32,6 +32,7 @@ def config(seed: int, args) -> PipelineConfig:
             algorithm=args.algorithm, num_outer_steps=args.outer_steps, samples_per_task=8, seed=seed
         ),
         hypernetwork_steps=args.outer_steps,
+        codec_normalization=args.codec_normalization,
     )
 
 
@@ -43,6 +44,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--outer-steps", type=int, default=600)
+    parser.add_argument("--codec-normalization", choices=["tensor", "element"], default="tensor")
     parser.add_argument("--algorithm", choices=["reptile", "single_level"], default="reptile")
     parser.add_argument("--out", default=str(Path(__file__).with_name("results") / "wordnet_minilm.json"))
     args = parser.parse_args()

@@ -39,6 +39,9 @@ class PipelineConfig(DictConfigMixin):
         default_factory=lambda: DenoiserConfig(type="mlp", condition_dim=4, hidden_dim=128, num_layers=3),
         metadata={"help": "Denoiser architecture (condition_dim must match the family's conditions)."},
     )
+    codec_normalization: str = field(
+        default="tensor", metadata={"help": "Weight codec statistics: 'tensor' (per tensor) or 'element'."}
+    )
     loss_variant: str = field(default="mcdi", metadata={"help": "'mcdi' or 'twdi'."})
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout for guidance."})
     meta: MetaTrainConfig = field(
@@ -90,7 +93,8 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
     k = config.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
     first = store.read(train_ids[0])
-    codec = fit_codec(WeightCodec({n: list(v.shape[1:]) for n, v in first.params.items()}), store, train_ids, k)
+    shapes = {n: list(v.shape[1:]) for n, v in first.params.items()}
+    codec = fit_codec(WeightCodec(shapes, normalization=config.codec_normalization), store, train_ids, k)
     torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
     generator = McDiGenerator(
         GeneratorConfig(

@@ -17,7 +17,7 @@ class OnePassHypernetwork(nn.Module):
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
-        self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
+        self.codec = WeightCodec.from_config(config.codec)
         self.net = denoiser_for_codec(config.denoiser, self.codec, num_train_timesteps=1)
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:

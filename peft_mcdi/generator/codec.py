@@ -81,6 +81,9 @@ def lora_block_of(name: str) -> tuple[str, str, int]:
     return block, parts[-1], layers[-1] if layers else -1
 
 
+NORMALIZATIONS = ("tensor", "element")
+
+
 class WeightCodec(nn.Module):
     """Parameter dict ↔ normalised vector (flat layout) or row tokens (rows layout); see the module docstring.
 
@@ -88,23 +91,30 @@ class WeightCodec(nn.Module):
         shapes: tensor name → shape, in the order the vector is laid out. In the rows layout the shapes omit the
             leading class axis (``{"weight": [d], "bias": []}``).
         row_tokens: use the rows layout.
+        normalization: ``"tensor"`` — one mean/std per tensor over the zoo; ``"element"`` — one per coordinate
+            (per feature column in the rows layout). Element-wise statistics remove what every task shares, such
+            as LoRA's A matrices that all start from one seed and move little, so the generator models only what
+            differs between tasks.
     """
 
-    def __init__(self, shapes: Mapping[str, Iterable[int]], row_tokens: bool = False) -> None:
+    def __init__(
+        self, shapes: Mapping[str, Iterable[int]], row_tokens: bool = False, normalization: str = "tensor"
+    ) -> None:
         super().__init__()
         if not shapes:
             raise ValueError("shapes must name at least one tensor.")
+        if normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {normalization!r}.")
         self.shapes: dict[str, tuple[int, ...]] = {
             name: tuple(int(s) for s in shape) for name, shape in shapes.items()
         }
         self.row_tokens = row_tokens
+        self.normalization = normalization
         self.numels = [math.prod(s) for s in self.shapes.values()]
-        n = len(self.shapes)
-        self.register_buffer("mean", torch.zeros(n))
-        self.register_buffer("std", torch.ones(n))
-        # Per-element statistics expanded once, so encode/decode are one fused affine map.
-        self.register_buffer("_mean_flat", torch.zeros(sum(self.numels)), persistent=False)
-        self.register_buffer("_std_flat", torch.ones(sum(self.numels)), persistent=False)
+        # Statistics per coordinate of the flat vector (of one row in the rows layout); with "tensor"
+        # normalization each tensor's scalar is repeated over its coordinates. One fused affine map either way.
+        self.register_buffer("mean", torch.zeros(self.unit_dim))
+        self.register_buffer("std", torch.ones(self.unit_dim))
 
     # ----------------------------------------------------------------- sizes
     @property
@@ -124,32 +134,38 @@ class WeightCodec(nn.Module):
             return num_rows * self.unit_dim
         return self.unit_dim
 
+    @classmethod
+    def from_config(cls, config: Mapping) -> WeightCodec:
+        """Inverse of :meth:`config` (statistics come with the state dict)."""
+        return cls(config["shapes"], config.get("row_tokens", False), config.get("normalization", "tensor"))
+
     def config(self) -> dict:
-        return {"shapes": {k: list(v) for k, v in self.shapes.items()}, "row_tokens": self.row_tokens}
+        return {
+            "shapes": {k: list(v) for k, v in self.shapes.items()},
+            "row_tokens": self.row_tokens,
+            "normalization": self.normalization,
+        }
 
     # ------------------------------------------------------------ statistics
-    def _refresh_flat_stats(self) -> None:
-        counts = torch.tensor(self.numels, device=self.mean.device)
-        self._mean_flat = torch.repeat_interleave(self.mean, counts)
-        self._std_flat = torch.repeat_interleave(self.std, counts)
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._refresh_flat_stats()
-
     @torch.no_grad()
     def fit(self, params: Mapping[str, torch.Tensor]) -> WeightCodec:
-        """Set each tensor's mean/std from a *stacked* zoo: ``params[name]`` has shape (num_checkpoints, *shape)
-        (rows layout: (num_checkpoints, N, *shape)). A tensor that is constant over the zoo keeps std 1."""
+        """Set the statistics from a *stacked* zoo: ``params[name]`` has shape (num_checkpoints, *shape) (rows
+        layout: (num_checkpoints, N, *shape)). Coordinates (or tensors) constant over the zoo keep std 1."""
         self._check_keys(params, "params")
-        for j, name in enumerate(self.names):
+        pieces_mean, pieces_std = [], []
+        for name, numel in zip(self.names, self.numels):
             values = params[name].detach().double()
             if not torch.isfinite(values).all():
                 raise ValueError(f"params[{name!r}] holds NaN or inf values; the zoo is corrupt or training diverged.")
-            self.mean[j] = values.mean()
-            std = values.std(unbiased=False) if values.numel() > 1 else torch.tensor(0.0)
-            self.std[j] = std if std > 1e-12 else 1.0
-        self._refresh_flat_stats()
+            flat = values.reshape(-1, numel)  # (checkpoints [× rows], numel)
+            if self.normalization == "element":
+                mean, std = flat.mean(0), flat.std(0, unbiased=False)
+            else:
+                mean, std = flat.mean().expand(numel), flat.std(unbiased=False).expand(numel)
+            pieces_mean.append(mean)
+            pieces_std.append(torch.where(std > 1e-12, std, torch.ones_like(std)))
+        self.mean.copy_(torch.cat(pieces_mean))
+        self.std.copy_(torch.cat(pieces_std))
         return self
 
     # ----------------------------------------------------------- encode/decode
@@ -182,7 +198,7 @@ class WeightCodec(nn.Module):
         lead = self._batch_shape(params)
         # (..., [N,] unit_dim): each tensor flattened in place, concatenated in the recorded order
         flat = torch.cat([params[n].reshape(*lead, numel).float() for n, numel in zip(self.names, self.numels)], -1)
-        flat = (flat - self._mean_flat) / self._std_flat
+        flat = (flat - self.mean) / self.std
         return flat.flatten(-2) if self.row_tokens else flat  # rows: (..., N·unit_dim), row-major over classes
 
     def decode(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -195,7 +211,7 @@ class WeightCodec(nn.Module):
             vector = vector.unflatten(-1, (-1, self.unit_dim))  # (..., N, unit_dim)
         elif vector.shape[-1] != self.unit_dim:
             raise ValueError(f"vector has {vector.shape[-1]} entries, the codec expects {self.unit_dim}.")
-        flat = vector * self._std_flat + self._mean_flat
+        flat = vector * self.std + self.mean
         lead = flat.shape[:-1]
         pieces = flat.split(self.numels, dim=-1)
         return {n: p.reshape(*lead, *s) for (n, s), p in zip(self.shapes.items(), pieces)}

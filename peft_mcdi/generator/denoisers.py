@@ -169,7 +169,11 @@ class _Denoiser(nn.Module):
         """sample (B, D), timesteps (B,) long, condition (B, C) [or (B, N, C)] → ε-prediction (B, D)."""
         cond_emb = self.embed_condition(condition, drop_condition)
         mods = self.modulations(timesteps, None if self.config.per_token_condition else cond_emb)
-        return self.denoise(sample, mods, self.token_bias(cond_emb, layout), layout)
+        return self.denoise(sample, mods, self.token_bias(cond_emb, layout), layout, self.skip_scale(timesteps))
+
+    def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor | None:
+        """Per-step coefficient of the input added to the output (token denoisers only), shape like ``timesteps``."""
+        return None
 
     def token_bias(self, cond_emb: torch.Tensor, layout: TokenLayout | None) -> torch.Tensor | None:
         """Per-token additive embedding (token denoisers only); see :meth:`TokenSetDenoiser.token_bias`."""
@@ -188,7 +192,7 @@ class ResidualMLPDenoiser(_Denoiser):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def denoise(self, sample, mods, token_bias=None, layout=None) -> torch.Tensor:
+    def denoise(self, sample, mods, token_bias=None, layout=None, skip=None) -> torch.Tensor:
         """sample (B, D) → ε-prediction (B, D), given :meth:`modulations` (the condition enters through them)."""
         if sample.shape[-1] != self.sample_dim:
             raise ValueError(f"sample has width {sample.shape[-1]}, this denoiser expects {self.sample_dim}.")
@@ -291,6 +295,11 @@ class TokenSetDenoiser(_Denoiser):
             AdaLNBlock(H, config.mlp_ratio, num_heads=config.num_heads) for _ in range(config.num_layers)
         )
         self.norm_out = nn.LayerNorm(H)
+        # A learned per-step skip, ε̂ = trunk(x_t) + s_t·x_t (zero at init). A token squeezes thousands of weights
+        # into hidden_dim features, so the trunk alone cannot pass x_t through; yet most of what an ε-prediction
+        # needs is a per-step rescaling of x_t (for unit-variance data the optimum is exactly √(1−ᾱ_t)·x_t). The
+        # skip carries that; the trunk models the task-dependent structure.
+        self.skip = nn.Parameter(torch.zeros(num_train_timesteps + 1))
         self._plans: dict = {}
 
     def _plan(self, layout: TokenLayout, device: torch.device) -> tuple[list[_TypeGroup], torch.Tensor, bool]:
@@ -334,8 +343,12 @@ class TokenSetDenoiser(_Denoiser):
             bias = bias + cond_emb[:, order]
         return bias
 
-    def denoise(self, sample, mods, token_bias, layout=None) -> torch.Tensor:
-        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations` and :meth:`token_bias`."""
+    def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
+        return self.skip[timesteps]
+
+    def denoise(self, sample, mods, token_bias, layout=None, skip=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations`, :meth:`token_bias` and
+        :meth:`skip_scale` (whose term ``skip·sample`` is added to the output)."""
         if layout is None:
             raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
         if sample.shape[-1] != sum(layout.dims):
@@ -362,11 +375,12 @@ class TokenSetDenoiser(_Denoiser):
             offset += n
         if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
             ordered = sorted(zip(groups, outs), key=lambda pair: pair[0].start)
-            return torch.cat([o.reshape(B, -1) for _, o in ordered], dim=1)
-        out = sample.new_empty(sample.shape)
-        for g, o in zip(groups, outs):
-            out[:, g.flat] = o
-        return out
+            out = torch.cat([o.reshape(B, -1) for _, o in ordered], dim=1)
+        else:
+            out = sample.new_empty(sample.shape)
+            for g, o in zip(groups, outs):
+                out[:, g.flat] = o
+        return out if skip is None else torch.addcmul(out, skip[:, None], sample)
 
 
 def build_denoiser(

@@ -83,7 +83,7 @@ class McDiGenerator(nn.Module):
         super().__init__()
         self.config = config
         self.scheduler = LocalConsistencyScheduler(scheduler_config or SchedulerConfig())
-        self.codec = WeightCodec(config.codec["shapes"], row_tokens=config.codec.get("row_tokens", False))
+        self.codec = WeightCodec.from_config(config.codec)
         self.denoiser = denoiser_for_codec(config.denoiser, self.codec, self.scheduler.num_train_timesteps)
         # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
         self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))

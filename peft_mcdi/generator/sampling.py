@@ -72,13 +72,15 @@ def sample(
     ts = torch.tensor([t for t, _ in steps], device=device)[:, None].expand(-1, cond_emb.shape[0])  # (S, B')
     mods = denoiser.modulations(ts, cond_emb if cond_emb.dim() == 2 else None)
     token_bias = denoiser.token_bias(cond_emb, layout)
+    skips = denoiser.skip_scale(ts)  # (S, B') or None
 
     x = _noise(generators, dim, device)
     chain = [x] if return_chain else None
     for s, (t, t_prev) in enumerate(steps):
         c_x, c_eps, sigma = scheduler.step_coefficients(t, t_prev, sampler)
         x_in = torch.cat([x, x]) if guided else x
-        f = denoiser.denoise(x_in, [tuple(m[s] for m in block) for block in mods], token_bias, layout)
+        step_mods = [tuple(m[s] for m in block) for block in mods]
+        f = denoiser.denoise(x_in, step_mods, token_bias, layout, None if skips is None else skips[s])
         if guided:
             f_cond, f_null = f.chunk(2)
             f = f_null + guidance_scale * (f_cond - f_null)

@@ -53,7 +53,26 @@ def test_normalisation_uses_zoo_statistics():
     codec.fit(zoo)
     vec = codec.encode(zoo)
     assert abs(vec[:, :100].mean().item()) < 1e-4 and abs(vec[:, :100].std().item() - 1) < 1e-2
-    assert codec.std[1].item() == 1.0
+    assert (codec.std[100:] == 1.0).all()
+    assert torch.unique(codec.mean[:100]).numel() == 1  # one scalar per tensor
+
+
+def test_element_normalisation_removes_what_all_tasks_share():
+    shared = torch.randn(40)  # like LoRA A: the same in every task, plus small task-specific moves
+    zoo = {"a": shared + 0.01 * torch.randn(30, 40), "b": torch.randn(30, 3)}
+    codec = WeightCodec({"a": [40], "b": [3]}, normalization="element").fit(zoo)
+    torch.testing.assert_close(codec.mean[:40], zoo["a"].mean(0), atol=1e-6, rtol=0)
+    vec = codec.encode(zoo)
+    torch.testing.assert_close(vec.std(0, unbiased=False), torch.ones(43), atol=1e-4, rtol=0)
+    assert abs(vec[:, :40]).mean() < 1.5  # task variation on a unit scale, not the shared matrix
+    for name, value in codec.decode(vec).items():
+        torch.testing.assert_close(value, zoo[name])
+    rows = WeightCodec({"w": [4], "b": []}, row_tokens=True, normalization="element")
+    rows.fit({"w": torch.randn(6, 5, 4) * torch.tensor([1.0, 2, 3, 4]), "b": torch.randn(6, 5)})
+    assert rows.std.shape == (5,) and rows.std[3] > rows.std[0]  # per feature column, shared by every class row
+    assert WeightCodec.from_config(rows.config()).config() == rows.config()
+    with pytest.raises(ValueError, match="normalization"):
+        WeightCodec({"w": [2]}, normalization="layer")
 
 
 def test_statistics_travel_in_the_state_dict():

@@ -40,7 +40,7 @@ CASES = ["mlp", "tokens-lora", "tokens-lora-dense", "tokens-rows"]
 def randomise_outputs(den):
     """Zero-initialised output layers hide bugs; give them weights for equivariance/consistency checks."""
     for name, p in den.named_parameters():
-        if any(key in name for key in ("proj_out", "modulation", "decode", "out_a", "out_b")):
+        if any(key in name for key in ("proj_out", "modulation", "decode", "out_a", "out_b", "skip")):
             torch.nn.init.normal_(p, std=0.1)
 
 

@@ -34,7 +34,6 @@ def make_generator(kind: str) -> McDiGenerator:
             p.add_(torch.randn_like(p) * 0.05)
         gen.codec.mean.normal_()
         gen.codec.std.uniform_(0.5, 2.0)
-        gen.codec._refresh_flat_stats()
     return gen
 
 
