@@ -90,6 +90,11 @@ class ConceptTask:
     val: list[tuple[str, int]]
     test: list[tuple[str, int]]
 
+    def __post_init__(self):
+        # JSON turns the pairs into lists; keep one type whether the task was built or read from the cache.
+        for split in ("train", "val", "test"):
+            setattr(self, split, [(str(word), int(label)) for word, label in getattr(self, split)])
+
 
 def _matched_negatives(
     positives: list[str], pool_by_length: dict[int, list[str]], exclude: set[str], rng

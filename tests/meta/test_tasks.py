@@ -5,7 +5,9 @@ from peft_mcdi.meta.tasks import TaskSet, get_tasksets
 
 
 def test_unknown_taskset_lists_the_valid_names():
-    with pytest.raises(ValueError, match=r"unknown task set 'omniglot'; valid names: \['logistic'\]"):
+    with pytest.raises(
+        ValueError, match=r"unknown task set 'omniglot'; valid names: \['logistic', 'wordnet-minilm'\]"
+    ):
         get_tasksets("omniglot")
 
 
