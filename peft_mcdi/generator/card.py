@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import yaml
+
+from peft_mcdi.utils import atomic_write_text
 
 
 TAGS = ["peft", "mcdi", "lora", "weight-generation"]
@@ -67,3 +70,80 @@ def generator_card(generator, repo_id: str | None = None) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+_SECTION_BEGIN, _SECTION_END = "<!-- mcdi:begin -->", "<!-- mcdi:end -->"
+
+
+def adapter_card(config, existing: str | None = None, exported_as_lora: bool = False) -> str:
+    """The card of a *generated* adapter: peft's card (``existing``, when peft wrote one) with the Mc-Di tags and,
+    on top, a section recording where the weights came from (``config.provenance``) and how to load or export them.
+    The section sits between markers, so saving again replaces it instead of appending a second copy."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    card = ModelCard(existing) if existing else ModelCard.from_template(ModelCardData())
+    card.data["library_name"] = card.data.get("library_name") or "peft"
+    card.data["tags"] = sorted(set(card.data.get("tags") or []) | set(TAGS))
+    if config.base_model_name_or_path and not card.data.get("base_model"):
+        card.data["base_model"] = config.base_model_name_or_path
+    provenance = config.provenance or {}
+    rows = [
+        ("base model", config.base_model_name_or_path or "n/a"),
+        ("target modules", ", ".join(sorted(config.target_modules)) if config.target_modules else "n/a"),
+        ("LoRA rank / alpha", f"{config.r} / {config.lora_alpha}"),
+        ("task prompt", provenance.get("prompt") or ("(embedding)" if provenance else "not generated yet")),
+        ("seed", provenance.get("seed", "n/a")),
+        ("generator", provenance.get("generator") or config.generator_name_or_path or "n/a"),
+        ("generator revision", provenance.get("generator_revision") or "n/a"),
+        ("generator sha256", provenance.get("generator_sha256") or "n/a"),
+        ("sampler", f"{config.sampler}, {config.num_sampling_steps or config.num_train_timesteps} steps"),
+        (
+            "peft_mcdi version / format",
+            f"{provenance.get('peft_mcdi_version', 'n/a')} / {provenance.get('format_version', 'n/a')}",
+        ),
+    ]
+    if exported_as_lora:
+        usage = [
+            "from peft import PeftModel",
+            "",
+            'model = PeftModel.from_pretrained(base_model, "path/to/this/adapter")  # a plain LoRA adapter',
+        ]
+    else:
+        usage = [
+            "import peft_mcdi  # registers the MCDI PEFT type",
+            "from peft import PeftModel",
+            "",
+            'model = PeftModel.from_pretrained(base_model, "path/to/this/adapter")',
+            'model.adapt("Another task, in one sentence.")  # when the generator above can be resolved',
+            'peft_mcdi.export_lora(model, "plain-lora")  # for runtimes that only know LORA',
+        ]
+    section = [
+        _SECTION_BEGIN,
+        "## Generated adapter (Mc-Di)",
+        "",
+        "These LoRA weights were *generated* from a task prompt by a Mc-Di weight generator, with no gradient step on "
+        "the task" + (", and exported as a plain LoRA adapter." if exported_as_lora else "."),
+        "",
+        "| | |",
+        "|---|---|",
+        *[f"| {name} | {value} |" for name, value in rows],
+        "",
+        "```python",
+        *usage,
+        "```",
+        _SECTION_END,
+    ]
+    text = card.text
+    if _SECTION_BEGIN in text and _SECTION_END in text:
+        before, rest = text.split(_SECTION_BEGIN, 1)
+        text = before.rstrip() + "\n\n" + "\n".join(section) + rest.split(_SECTION_END, 1)[1]
+    else:
+        text = "\n".join(section) + "\n\n" + text.lstrip()  # first, above peft's template
+    return f"---\n{card.data.to_yaml()}\n---\n{text}"
+
+
+def write_adapter_card(folder: Path, config, exported_as_lora: bool = False) -> None:
+    """Create or refresh ``folder/README.md`` with :func:`adapter_card` (atomic; keeps what peft wrote)."""
+    path = Path(folder) / "README.md"
+    existing = path.read_text(encoding="utf-8") if path.is_file() else None
+    atomic_write_text(path, adapter_card(config, existing, exported_as_lora))

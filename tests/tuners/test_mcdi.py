@@ -129,6 +129,12 @@ def test_save_load_restores_logits_and_provenance(tmp_path):
     assert saved["peft_type"] == "MCDI"
     assert saved["provenance"]["seed"] == 5 and len(saved["provenance"]["generator_sha256"]) == 64
     assert saved["provenance"]["peft_mcdi_version"] == peft_mcdi.__version__
+    card = (tmp_path / "adapter" / "README.md").read_text()
+    assert "library_name: peft" in card and "- mcdi" in card and "- weight-generation" in card
+    assert saved["provenance"]["generator_sha256"] in card and "| seed | 5 |" in card
+    assert "import peft_mcdi" in card and "- PEFT " in card  # peft's own card content is kept
+    model.save_pretrained(tmp_path / "adapter")  # saving again refreshes the section instead of appending one
+    assert (tmp_path / "adapter" / "README.md").read_text().count("## Generated adapter (Mc-Di)") == 1
 
     loaded = PeftModel.from_pretrained(tiny_llama(), tmp_path / "adapter")
     assert isinstance(loaded.base_model, McDiModel)
@@ -230,6 +236,8 @@ def test_export_lora_loads_in_vanilla_peft_with_identical_logits(tmp_path):
     peft_mcdi.export_lora(model, tmp_path / "lora")
     config = json.loads((tmp_path / "lora" / "adapter_config.json").read_text())
     assert config["peft_type"] == "LORA" and "generator_name_or_path" not in config
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert "exported as a plain LoRA adapter" in card and "import peft_mcdi" not in card
     script = tmp_path / "vanilla.py"
     script.write_text(VANILLA)
     proc = subprocess.run(

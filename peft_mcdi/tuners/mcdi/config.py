@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from peft import LoraConfig
 from peft.utils import PeftType
 
+from peft_mcdi.generator.card import write_adapter_card
 from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER
 from peft_mcdi.generator.sampling import SAMPLERS
 
@@ -80,3 +82,10 @@ class McDiConfig(LoraConfig):
             )
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}.")
+
+    def save_pretrained(self, save_directory: str, **kwargs) -> None:
+        """Save ``adapter_config.json`` and the adapter's model card. ``PeftModel.save_pretrained`` writes peft's
+        generic card first and has no per-method hook; saving the config is the one step that runs in every
+        adapter's own folder, so the Mc-Di section (provenance, usage) is added to the card here."""
+        super().save_pretrained(save_directory, **kwargs)
+        write_adapter_card(Path(save_directory), self)

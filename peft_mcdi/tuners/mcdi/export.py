@@ -10,13 +10,15 @@ from peft import LoraConfig, PeftModel
 from peft.utils import PeftType, get_peft_model_state_dict
 from safetensors.torch import save_file
 
+from peft_mcdi.generator.card import write_adapter_card
 from peft_mcdi.tuners.mcdi.config import McDiConfig
 from peft_mcdi.utils import atomic_write
 
 
 def export_lora(model: PeftModel, save_directory: str | os.PathLike, adapter_name: str = "default") -> Path:
     """Write ``adapter_name`` to ``save_directory`` as ``adapter_config.json`` (``peft_type: LORA``) and
-    ``adapter_model.safetensors`` with the LoRA keys peft itself would write. Returns the folder."""
+    ``adapter_model.safetensors`` with the LoRA keys peft itself would write, and a model card that keeps the
+    provenance. Returns the folder."""
     config = model.peft_config.get(adapter_name)
     if config is None:
         raise ValueError(f"no adapter named {adapter_name!r}; the model has {list(model.peft_config)}.")
@@ -31,4 +33,5 @@ def export_lora(model: PeftModel, save_directory: str | os.PathLike, adapter_nam
     lora_config.save_pretrained(folder)
     tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     atomic_write(folder / "adapter_model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    write_adapter_card(folder, config, exported_as_lora=True)
     return folder
