@@ -142,6 +142,10 @@ def test_save_load_restores_logits_and_provenance(tmp_path):
     # the referenced generator resolves, so the loaded adapter can be regenerated
     loaded.adapt(embedding=torch.randn(COND), seed=6)
     assert not torch.allclose(loaded(input_ids=x).logits, logits)
+    # new adapters created by a batched adapt() load nothing twice: they share the referenced generator
+    fresh = PeftModel.from_pretrained(tiny_llama(), tmp_path / "adapter")
+    fresh.adapt(embedding=torch.randn(2, COND), adapter_names=["a", "b"])
+    assert fresh.base_model._generator_for("a") is fresh.base_model._generator_for("b")
 
 
 def test_merge_and_unload_keeps_logits():

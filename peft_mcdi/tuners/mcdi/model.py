@@ -146,9 +146,13 @@ class McDiModel(LoraModel):
                     f"adapter {adapter_name!r} has no generator: set McDiConfig.generator_name_or_path, or call "
                     "attach_generator() / create_generator() first."
                 )
-            generator = McDiGenerator.from_pretrained(
-                config.generator_name_or_path, revision=config.generator_revision
-            )
+            source = (config.generator_name_or_path, config.generator_revision)
+            loaded = [  # adapters naming the same generator share one copy (and can be generated in one batch)
+                g
+                for name, g in self._mcdi_generators.items()
+                if (self.peft_config[name].generator_name_or_path, self.peft_config[name].generator_revision) == source
+            ]
+            generator = loaded[0] if loaded else McDiGenerator.from_pretrained(source[0], revision=source[1])
             self.attach_generator(generator, adapter_name)
         return self._mcdi_generators[adapter_name]
 
