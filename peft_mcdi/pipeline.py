@@ -13,11 +13,12 @@ import torch
 
 from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork
 from peft_mcdi.evaluation import mean_of_zoo, median_ms, nearest_checkpoint_distance, nearest_task_indices
+from peft_mcdi.generator.card import generator_card
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
-from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
+from peft_mcdi.generator.model import CARD_NAME, GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
-from peft_mcdi.meta.data import fit_codec, load_raw_targets, load_zoo_tensors
+from peft_mcdi.meta.data import ZooTensors, fit_codec, load_raw_targets, load_zoo_tensors
 from peft_mcdi.meta.tasks import get_tasksets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
@@ -76,49 +77,186 @@ def zoo_folder(config: PipelineConfig) -> tuple[Path, dict]:
     return cache_root() / "zoo" / f"{config.taskset}-{stable_hash(key)}", key
 
 
-def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> dict:
-    """Run every stage (each resumes from its cache) and return the results dictionary."""
-    tasksets = get_tasksets(config.taskset, **config.taskset_kwargs)
+def build_tasksets(config: PipelineConfig):
+    """The task family's train/test split; a keyword the family does not take is a ValueError naming it."""
+    try:
+        return get_tasksets(config.taskset, **config.taskset_kwargs)
+    except TypeError as err:
+        if "unexpected keyword argument" not in str(err):
+            raise
+        allowed = _taskset_keywords(config.taskset, str(err))
+        hint = f"; allowed: {', '.join(allowed)}" if allowed else ""
+        raise ValueError(f"taskset_kwargs of task set {config.taskset!r}: {err}{hint}") from err
+
+
+def _taskset_keywords(name: str, message: str) -> list[str]:
+    """The keywords a registered task family takes: its signature's, or those of the config dataclass named in
+    the TypeError when it forwards ``**kwargs`` (the logistic family's ``LogisticFamilyConfig``)."""
+    import dataclasses
+    import inspect
+
+    from peft_mcdi.meta.tasks import _REGISTRY
+
+    fn = _REGISTRY.get(name)
+    if fn is None:
+        return []
+    params = inspect.signature(fn).parameters.values()
+    named = [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not any(p.kind == p.VAR_KEYWORD for p in params):
+        return named
+    cls = fn.__globals__.get(message.split(".", 1)[0].split("(", 1)[0].strip())
+    return sorted(named + [f.name for f in dataclasses.fields(cls)]) if dataclasses.is_dataclass(cls) else named
+
+
+def _process_info(accelerator) -> tuple[int, int, bool]:
+    if accelerator is None:
+        return 0, 1, True
+    return accelerator.process_index, accelerator.num_processes, accelerator.is_main_process
+
+
+def _barrier(accelerator) -> None:
+    if accelerator is not None:
+        accelerator.wait_for_everyone()
+
+
+def prepare_zoo(
+    config: PipelineConfig, tasksets=None, accelerator=None, progress: bool = True, log=print
+) -> tuple[ZooStore, list[list[str]]]:
+    """Collect every task not yet in the zoo (training and held-out) and write the manifest.
+
+    Under accelerate, process ``rank`` collects tasks ``rank::world_size`` (each task once), all processes wait for
+    each other, and only the main process writes the manifest. Returns the store and, per process, the ids it
+    collected in this call (empty lists when everything was already there: a rerun recollects nothing)."""
+    tasksets = tasksets if tasksets is not None else build_tasksets(config)
+    rank, world_size, is_main = _process_info(accelerator)
     root, key = zoo_folder(config)
-    store = ZooStore.open(root, key)
+    if accelerator is not None:
+        with accelerator.main_process_first():  # one process creates the folder and writes zoo_config.json
+            store = ZooStore.open(root, key)
+    else:
+        store = ZooStore.open(root, key)
     t0 = time.perf_counter()
     # Held-out tasks are collected too, as the per-task fine-tuned reference; they never reach the generator.
-    collect([*tasksets.train, *tasksets.test], store, config.recorder, progress=progress)
-    store.write_manifest()
-    log(
-        f"zoo: {len(tasksets.train)} training + {len(tasksets.test)} held-out tasks in {root} "
-        f"({time.perf_counter() - t0:.1f} s)"
-    )
+    tasks = [*tasksets.train, *tasksets.test]
+    done = collect(tasks, store, config.recorder, rank=rank, world_size=world_size, progress=progress)
+    if accelerator is not None:
+        from accelerate.utils import gather_object
 
+        by_process = gather_object([done]) if world_size > 1 else [done]
+    else:
+        by_process = [done]
+    _barrier(accelerator)
+    if is_main:
+        store.write_manifest()
+    _barrier(accelerator)
+    collected = sum(len(ids) for ids in by_process)
+    log(
+        f"zoo: {len(tasksets.train)} training + {len(tasksets.test)} held-out tasks in {root}; {collected} collected "
+        f"now on {world_size} process(es), {len(tasks) - collected} already there ({time.perf_counter() - t0:.1f} s)"
+    )
+    return store, by_process
+
+
+def adapter_metadata(task) -> dict:
+    """What a LoRA generator's metadata records so that it can be applied later (``mcdi generate``): the base model,
+    target modules, rank, alpha, task type and task encoder of the task family's shared PEFT model. A task may
+    provide ``generator_metadata()`` itself; families without a base model (logistic) give ``{}``."""
+    if callable(getattr(task, "generator_metadata", None)):
+        return dict(task.generator_metadata())
+    model = getattr(getattr(task, "shared", None), "model", None)
+    peft_config = getattr(model, "peft_config", None)
+    if not isinstance(peft_config, dict) or "default" not in peft_config:
+        return {}
+    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, resolve_text_encoder
+
+    cfg = peft_config["default"]
+    base = cfg.base_model_name_or_path
+    if base and base == resolve_text_encoder(DEFAULT_TEXT_ENCODER):
+        base = DEFAULT_TEXT_ENCODER  # the offline copy's path → the Hub id it stands for
+    meta = {
+        "base_model": base,
+        "target_modules": sorted(cfg.target_modules) if cfg.target_modules else None,
+        "r": cfg.r,
+        "lora_alpha": cfg.lora_alpha,
+        "task_type": str(cfg.task_type) if cfg.task_type else None,
+        "task_encoder": getattr(cfg, "task_encoder", None),
+    }
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    if meta["task_type"] == "SEQ_CLS" and num_labels:
+        meta["num_labels"] = int(num_labels)
+    return {k: v for k, v in meta.items() if v is not None}
+
+
+def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[McDiGenerator, ZooTensors]:
+    """Fit the codec on the training tasks, build the (seeded) untrained generator and load the zoo tensors."""
     k = config.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
     first = store.read(train_ids[0])
-    shapes = {n: list(v.shape[1:]) for n, v in first.params.items()}
+    shapes = {n: list(v.shape[1:]) for n, v in first.params.items()}  # zoo files list tensors by name
+    adapter = adapter_metadata(tasksets.train[0])
+    if adapter:
+        # A generator applied to a PEFT model must list its tensors in the adapter's canonical order (module-major,
+        # McDiModel.lora_parameters), which the task's θ₀ keeps; names sort differently ("layer.10" < "layer.2").
+        order = list(tasksets.train[0].init_params())
+        if sorted(order) == sorted(shapes):
+            shapes = {n: shapes[n] for n in order}
     codec = fit_codec(WeightCodec(shapes, normalization=config.codec_normalization), store, train_ids, k)
     torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
+    metadata = {"taskset": config.taskset, "num_train_tasks": len(train_ids), **adapter}
     generator = McDiGenerator(
         GeneratorConfig(
             codec=codec.config(),
             denoiser=config.denoiser,
             loss_variant=config.loss_variant,
             condition_dropout=config.condition_dropout,
-            metadata={"taskset": config.taskset, "num_train_tasks": len(train_ids)},
+            metadata=metadata,
         ),
         config.scheduler,
     )
     generator.codec.load_state_dict(codec.state_dict())
     data = load_zoo_tensors(store, train_ids, generator.codec, k)
     generator.set_training_conditions(data.conditions)
+    return generator, data
+
+
+def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accelerator=None) -> dict:
+    """Run every stage (each resumes from its cache) and return the results dictionary.
+
+    With an ``accelerate.Accelerator``, collection is sharded over its processes and each Reptile meta-batch is
+    spread over them (one all-reduce per outer step, the same numbers as one process); the one-pass baseline, the
+    evaluation and every file but the zoo's task files and checkpoints are the main process's. Other processes
+    return ``{}``. Rerunning after an interruption recollects no finished task and resumes meta-training from
+    ``output_dir/train``'s last checkpoint (weights, optimizer state, step; the per-step RNG is derived from the
+    step)."""
+    _, world_size, is_main = _process_info(accelerator)
+    if world_size > config.meta.meta_batch_size:
+        raise ValueError(
+            f"{world_size} processes but meta.meta_batch_size={config.meta.meta_batch_size}: each process needs at "
+            "least one meta-batch slot; raise meta_batch_size (a multiple of the process count is best)."
+        )
+    if not is_main:
+        log = _silent
+    tasksets = build_tasksets(config)
+    store, by_process = prepare_zoo(config, tasksets, accelerator, progress, log)
+    root, _ = zoo_folder(config)
+    generator, data = build_generator(config, store, tasksets)
 
     output_dir = Path(config.output_dir) if config.output_dir else None
+    trainer = MetaTrainer(
+        generator, data, config.meta, accelerator=accelerator, output_dir=output_dir / "train" if output_dir else None
+    )
+    resumed_from = trainer.step if trainer.maybe_resume() else 0
+    if resumed_from:
+        log(f"meta-train: resuming from the checkpoint at step {resumed_from} in {output_dir / 'train'}")
     t0 = time.perf_counter()
-    trainer = MetaTrainer(generator, data, config.meta, output_dir=output_dir / "train" if output_dir else None)
     history = trainer.train(progress=progress)
     train_seconds = time.perf_counter() - t0
     log(
-        f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}), "
-        f"final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)"
+        f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}) on {world_size} "
+        f"process(es), final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)"
     )
+    if not is_main:
+        return {}
 
     hypernetwork = None
     if config.hypernetwork_steps:
@@ -127,11 +265,48 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print) -> di
         hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=config.meta.seed, progress=progress)
 
     results = evaluate_heldout(generator, store, tasksets, config, hypernetwork)
-    results.update(config=config.to_dict(), history=history, meta_train_seconds=train_seconds, zoo=str(root))
+    results.update(
+        config=config.to_dict(),
+        history=history,
+        meta_train_seconds=train_seconds,
+        resumed_from_step=resumed_from,
+        num_processes=world_size,
+        zoo=str(root),
+        zoo_collected_by_process=by_process,
+    )
+    if accelerator is not None and accelerator.trackers:
+        metrics = {f"eval/{results['metric']}/{name}": value for name, value in results["heldout_metric"].items()}
+        accelerator.log({**metrics, "eval/generation_ms_median": results["generation_ms_median"]}, step=trainer.step)
     if output_dir is not None:
         generator.save_pretrained(output_dir / "generator")
         atomic_write_text(output_dir / "results.json", json.dumps(results, indent=2, default=str))
+        atomic_write_text(output_dir / "generator" / CARD_NAME, render_generator_card(generator, results))
     return results
+
+
+def _silent(*args, **kwargs) -> None:
+    return None
+
+
+def card_fields(results: dict) -> dict:
+    """Generator-card metadata from a results dictionary: held-out metric per method and the latency."""
+    ranked = sorted(results["heldout_metric"].items(), key=lambda kv: kv[1], reverse=results["higher_is_better"])
+    fields_ = {"results": {f"held-out {results['metric']} ({name})": f"{value:.4f}" for name, value in ranked}}
+    if results.get("generation_ms_median") is not None:
+        fields_["latency_ms"] = float(results["generation_ms_median"])
+    return fields_
+
+
+def render_generator_card(generator: McDiGenerator, results: dict | None = None, repo_id: str | None = None) -> str:
+    """The generator's model card from its metadata, plus the held-out results when given (not saved in
+    config.json: the results of a later evaluation refresh the card, not the generator)."""
+    original = generator.config.metadata
+    try:
+        if results:
+            generator.config.metadata = {**original, **card_fields(results)}
+        return generator_card(generator, repo_id)
+    finally:
+        generator.config.metadata = original
 
 
 @torch.no_grad()
