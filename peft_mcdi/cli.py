@@ -246,9 +246,9 @@ def _parse_condition(text: str, generator):
 def _build_base_model(base: str, meta: dict):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from peft_mcdi.generator.condition import resolve_text_encoder
+    from peft_mcdi.data.offline_models import resolve_pretrained
 
-    path = resolve_text_encoder(base)
+    path = resolve_pretrained(base)
     if str(meta.get("task_type", "")).upper() == "SEQ_CLS":
         return AutoModelForSequenceClassification.from_pretrained(path, num_labels=int(meta.get("num_labels", 2)))
     return AutoModelForCausalLM.from_pretrained(path)

@@ -1,7 +1,13 @@
 """Built-in task families; importing this package registers them with ``get_tasksets``."""
 
 from peft_mcdi.data.logistic import LogisticFamilyConfig, LogisticTask
-from peft_mcdi.data.text_lora import ConceptLoRATask, SharedLoRAModel
+from peft_mcdi.data.text_lora import ConceptLoRATask, SharedCausalLoRAModel, SharedLoRAModel
 
 
-__all__ = ["ConceptLoRATask", "LogisticFamilyConfig", "LogisticTask", "SharedLoRAModel"]
+__all__ = [
+    "ConceptLoRATask",
+    "LogisticFamilyConfig",
+    "LogisticTask",
+    "SharedCausalLoRAModel",
+    "SharedLoRAModel",
+]

@@ -1,14 +1,18 @@
-"""Text-classification tasks on a real encoder: one LoRA (+ classification head) per task, trained by the recorder.
+"""Text-classification tasks on real models: one LoRA (+ classification head) per task, trained by the recorder.
 
-The base model is shared by every task; a task's parameters are the adapter's LoRA matrices and head under the
+The base model is shared by every task; a task's parameters are the adapter's LoRA matrices (and head) under the
 canonical names of :meth:`McDiModel.lora_parameters` (the generator's codec names), evaluated with
-``torch.func.functional_call`` so collecting a zoo never copies the base model. The input is the example alone
-(``"{word}"``): the task lives in the adapter, not in the prompt.
+``torch.func.functional_call`` so collecting a zoo never copies the base model. The input is the example alone in a
+fixed template: the task lives in the adapter, not in the prompt. Two kinds of base:
+
+- an encoder classifier (MiniLM): the 2-way head is generated with the LoRA (the paper's RoBERTa-on-GLUE setting);
+- a causal LM (SmolLM2): no head; the answer is the more likely of the label words " no" / " yes".
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch.func import functional_call
 
 from peft_mcdi.data.wordnet import ConceptTask, WordNetTaskConfig, build_concept_tasks
@@ -16,8 +20,9 @@ from peft_mcdi.meta.tasks import Task, TaskSet, TaskSets, register_tasksets
 
 
 class SharedLoRAModel:
-    """A ``PeftModel`` (MCDI config) plus tokenizer, with the map canonical name → full parameter name, and the
-    shared initialisation θ₀ of SPEC §3.1: A from one fixed seed for every task, B = 0, an all-zero head."""
+    """A sequence-classification ``PeftModel`` (MCDI config) plus tokenizer, with the map canonical name → full
+    parameter name, and the shared initialisation θ₀ of SPEC §3.1: A from one fixed seed for every task, B = 0, an
+    all-zero head (θ₀ is therefore exactly the base model with a head that has not chosen a class)."""
 
     def __init__(self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 16) -> None:
         self.model = peft_model.eval()
@@ -35,9 +40,17 @@ class SharedLoRAModel:
             else:
                 self.theta0[name] = torch.zeros(p.shape)
 
+    def texts(self, words: list[str]) -> list[str]:
+        return words
+
     def batch(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        words = [w for w, _ in pairs]
-        enc = self.tokenizer(words, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        enc = self.tokenizer(
+            self.texts([w for w, _ in pairs]),
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
         enc["labels"] = torch.tensor([y for _, y in pairs])
         return dict(enc)
 
@@ -45,9 +58,81 @@ class SharedLoRAModel:
         full = {self.full_names[k]: v for k, v in params.items()}
         return functional_call(self.model, full, args=(), kwargs=batch, strict=False)
 
+    def loss(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward(params, batch).loss
+
+    def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 2) class scores; the prediction is their argmax."""
+        return self.forward(params, batch).logits
+
+    @torch.no_grad()
+    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
+        """The base encoder alone, told the task: a word is positive when its mean-pooled embedding is closer to the
+        description's than the median word's (the threshold uses no labels; test sets are balanced)."""
+        encoder = self.model.get_base_model().base_model  # the bare transformer under the classification head
+        with self.model.disable_adapter():
+            enc = self.tokenizer([description, *[w for w, _ in pairs]], padding=True, return_tensors="pt")
+            hidden = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        similarity = pooled[1:] @ pooled[0]
+        predicted = similarity > similarity.median()
+        return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
+
+
+class SharedCausalLoRAModel(SharedLoRAModel):
+    """A causal-LM ``PeftModel`` scored by the log-likelihood of the label words: the loss is −log p(label word)
+    over the whole vocabulary at the answer position, the prediction the likelier of " no" / " yes". θ₀ (B = 0) is
+    exactly the base model."""
+
+    TEMPLATE = "Word: {word}\nAnswer:"
+    LABEL_WORDS = (" no", " yes")
+
+    def __init__(self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32) -> None:
+        super().__init__(peft_model, tokenizer, init_seed, max_length)
+        ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.LABEL_WORDS]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"label words {self.LABEL_WORDS} must be single tokens for this tokenizer, got {ids}.")
+        self.label_ids = torch.tensor([i[0] for i in ids])
+        self.tokenizer.padding_side = "left"  # every answer is read at the last position
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def texts(self, words: list[str]) -> list[str]:
+        return [self.TEMPLATE.format(word=w) for w in words]
+
+    def batch(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        enc = super().batch(pairs)
+        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding shifts nothing
+        return enc
+
+    def _answer_logits(self, params, batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.forward(params, {**inputs, "logits_to_keep": 1}).logits[:, -1]  # (B, vocab)
+
+    def loss(self, params, batch) -> torch.Tensor:
+        return F.cross_entropy(self._answer_logits(params, batch), self.label_ids[batch["labels"]])
+
+    def scores(self, params, batch) -> torch.Tensor:
+        return self._answer_logits(params, batch)[:, self.label_ids]
+
+    @torch.no_grad()
+    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
+        """The base LM prompted with the task description before the usual template (no adapter). A 135M model
+        answers " yes" to nearly everything, so, as for the encoder, the threshold is the median of the
+        log-odds log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
+        labels = torch.tensor([bool(y) for _, y in pairs])
+        prompts = [f"{description}\n{t}" for t in self.texts([w for w, _ in pairs])]
+        enc = self.tokenizer(prompts, padding=True, return_tensors="pt")
+        position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        with self.model.disable_adapter():
+            logits = self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, self.label_ids]
+        log_odds = logits[:, 1] - logits[:, 0]
+        return float(((log_odds > log_odds.median()) == labels).float().mean())
+
 
 class ConceptLoRATask(Task):
-    """A WordNet concept task (:mod:`peft_mcdi.data.wordnet`) trained as LoRA + head on a shared encoder."""
+    """A WordNet concept task (:mod:`peft_mcdi.data.wordnet`) trained as LoRA (+ head) on a shared base model."""
 
     metric = "accuracy"
     higher_is_better = True
@@ -64,7 +149,7 @@ class ConceptLoRATask(Task):
         return {k: v.clone() for k, v in self.shared.theta0.items()}
 
     def loss(self, params, batch) -> torch.Tensor:
-        return self.shared.forward(params, batch).loss
+        return self.shared.loss(params, batch)
 
     def train_batches(self, epoch, generator):
         order = torch.randperm(len(self.concept.train), generator=generator).tolist()
@@ -77,9 +162,70 @@ class ConceptLoRATask(Task):
         first = next(iter(params.values()))
         expected = self.shared.theta0[next(iter(params))].dim()
         if first.dim() == expected:
-            logits = self.shared.forward(params, self._test).logits
-            return (logits.argmax(-1) == self._test["labels"]).float().mean()
+            scores = self.shared.scores(params, self._test)
+            return (scores.argmax(-1) == self._test["labels"]).float().mean()
         return torch.stack([self.evaluate({k: v[j] for k, v in params.items()}) for j in range(first.shape[0])])
+
+    def zero_shot_accuracy(self) -> float:
+        """Test accuracy of the base model told the task in words (no adapter): the prompted baseline."""
+        return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)
+
+
+def build_peft_model(base: str, r: int, target_modules: list[str], seed: int = 0, **config_kwargs):
+    """A fresh MCDI ``PeftModel`` and its tokenizer on ``base`` ("minilm" or "smollm2"), the layout the WordNet task
+    families train and the README path adapts. ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from peft_mcdi.data.offline_models import SMOLLM2_HUB_ID, resolve_pretrained
+    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER
+    from peft_mcdi.tuners.mcdi import McDiConfig
+
+    torch.manual_seed(seed)
+    if base == "minilm":
+        hub_id, task_type = DEFAULT_TEXT_ENCODER, "SEQ_CLS"
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(hub_id), num_labels=2)
+    elif base == "smollm2":
+        hub_id, task_type = SMOLLM2_HUB_ID, "CAUSAL_LM"
+        model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32)
+    else:
+        raise ValueError(f"base must be 'minilm' or 'smollm2', got {base!r}.")
+    config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = hub_id  # not the offline copy's local path
+    return peft_model, AutoTokenizer.from_pretrained(resolve_pretrained(hub_id))
+
+
+def _wordnet_tasksets(
+    base: str,
+    num_train_tasks: int,
+    num_test_tasks: int,
+    r: int,
+    target_modules,
+    seed: int,
+    examples_per_class: int,
+    batch_size: int,
+) -> TaskSets:
+    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
+
+    peft_model, tokenizer = build_peft_model(base, r, target_modules, seed)
+    shared = (SharedCausalLoRAModel if base == "smollm2" else SharedLoRAModel)(peft_model, tokenizer, init_seed=seed)
+    concepts = build_concept_tasks(
+        WordNetTaskConfig(
+            num_heldout=num_test_tasks,
+            max_train=num_train_tasks,
+            num_train=examples_per_class,
+            num_val=min(16, examples_per_class),
+            seed=seed,
+        )
+    )
+    encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
+    splits = {}
+    for split, items in concepts.items():
+        conditions = encoder.encode([t.description for t in items])
+        tasks = [ConceptLoRATask(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
+        splits[split] = TaskSet(tasks, f"wordnet-{base}/{split}")
+    return TaskSets(splits["train"], splits["test"])
 
 
 @register_tasksets("wordnet-minilm")
@@ -90,24 +236,23 @@ def wordnet_minilm_tasksets(
     target_modules: tuple[str, ...] = ("query", "value"),
     seed: int = 0,
 ) -> TaskSets:
-    """WordNet concept tasks on all-MiniLM-L6-v2 with a generated LoRA (r, query/value) and a 2-way head; task
-    conditions are MiniLM sentence embeddings of the descriptions. Held-out tasks share no ancestor/descendant with
-    training ones."""
-    from peft import get_peft_model
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    """WordNet concept tasks on all-MiniLM-L6-v2 with a generated LoRA (r, query/value) and a 2-way head, 32
+    training examples per class; task conditions are MiniLM sentence embeddings of the descriptions. Held-out
+    tasks share no ancestor/descendant with training ones."""
+    return _wordnet_tasksets("minilm", num_train_tasks, num_test_tasks, r, target_modules, seed, 32, 32)
 
-    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder, resolve_text_encoder
-    from peft_mcdi.tuners.mcdi import McDiConfig
 
-    path = resolve_text_encoder(DEFAULT_TEXT_ENCODER)
-    torch.manual_seed(seed)
-    base = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
-    config = McDiConfig(r=r, target_modules=list(target_modules), task_type="SEQ_CLS")
-    shared = SharedLoRAModel(get_peft_model(base, config), AutoTokenizer.from_pretrained(path), init_seed=seed)
-    concepts = build_concept_tasks(WordNetTaskConfig(num_heldout=num_test_tasks, max_train=num_train_tasks, seed=seed))
-    encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
-    splits = {}
-    for split, items in concepts.items():
-        conditions = encoder.encode([t.description for t in items])
-        splits[split] = TaskSet([ConceptLoRATask(t, shared, c) for t, c in zip(items, conditions)], f"wordnet/{split}")
-    return TaskSets(splits["train"], splits["test"])
+@register_tasksets("wordnet-smollm2")
+def wordnet_smollm2_tasksets(
+    num_train_tasks: int = 24,
+    num_test_tasks: int = 6,
+    r: int = 8,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    seed: int = 0,
+    examples_per_class: int = 8,
+) -> TaskSets:
+    """The same WordNet tasks on SmolLM2-135M-Instruct as a causal LM (LoRA r on q/v of all 30 layers, label words
+    " no"/" yes"), with few examples per task (16 by default, one batch per epoch) so collection stays cheap on CPU."""
+    return _wordnet_tasksets(
+        "smollm2", num_train_tasks, num_test_tasks, r, target_modules, seed, examples_per_class, 2 * examples_per_class
+    )

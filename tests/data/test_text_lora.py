@@ -59,3 +59,36 @@ def test_recorder_learns_a_real_text_task_without_touching_the_shared_model(shar
     assert both.tolist() == [task.evaluate(checkpoints[0]).item(), task.evaluate(checkpoints[8]).item()]
     for k, v in shared.model.base_model.lora_parameters().items():
         assert torch.equal(v, own[k])
+
+
+@pytest.fixture(scope="module")
+def causal():
+    from peft_mcdi.data.text_lora import SharedCausalLoRAModel, build_peft_model
+
+    model, tokenizer = build_peft_model("smollm2", r=2, target_modules=["q_proj", "v_proj"])
+    return SharedCausalLoRAModel(model, tokenizer)
+
+
+def test_smollm2_loads_offline_and_theta0_is_the_base_model(causal):
+    # the offline copy is SmolLM2-135M (30 layers, hidden 576), converted once to a plain folder
+    assert causal.model.get_base_model().config.num_hidden_layers == 30
+    pairs = [("salmon", 1), ("hippopotamus", 0), ("cod", 1)]
+    batch = causal.batch(pairs)
+    scores = causal.scores(causal.theta0, batch)
+    with causal.model.disable_adapter():
+        plain = causal.tokenizer(["Word: cod\nAnswer:"], return_tensors="pt")
+        expected = causal.model(**plain).logits[0, -1, causal.label_ids]
+    # B = 0 adds nothing, and left padding (cod is the shortest) leaves the answer scores unchanged
+    torch.testing.assert_close(scores[2], expected, atol=1e-4, rtol=1e-4)
+
+
+def test_recorder_learns_a_text_task_on_the_causal_lm(causal):
+    task = fruit_task(causal)
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=3, lr=1e-2))
+    assert task.loss(checkpoints[3], task._test) < task.loss(checkpoints[0], task._test) - 0.3
+    assert task.evaluate(checkpoints[3]) >= 0.8  # trained on these very words
+    assert task.zero_shot_accuracy() > 0.6  # told "fruit" in words (median-calibrated): better than chance
+
+
+def test_the_encoder_told_the_task_separates_fruit(shared):
+    assert fruit_task(shared).zero_shot_accuracy() >= 0.9  # description vs word embeddings, median threshold
