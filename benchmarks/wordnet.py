@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_mcdi.data.text_lora import build_peft_model  # noqa: E402
 from peft_mcdi.generator.denoisers import DenoiserConfig  # noqa: E402
+from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 from peft_mcdi.meta.tasks import get_tasksets  # noqa: E402
 from peft_mcdi.meta.trainer import MetaTrainConfig  # noqa: E402
 from peft_mcdi.pipeline import PipelineConfig, format_results, run_pipeline  # noqa: E402
@@ -55,9 +56,20 @@ def config(seed: int, args) -> PipelineConfig:
         taskset=BASES[args.base]["taskset"],
         taskset_kwargs={"num_train_tasks": args.num_train_tasks, "num_test_tasks": args.num_test_tasks, "seed": seed},
         recorder=RecorderConfig(num_epochs=args.epochs, lr=args.lr, rho=0.05),
-        denoiser=DenoiserConfig(type="tokens", condition_dim=384, hidden_dim=128, num_layers=2, num_heads=4),
+        denoiser=DenoiserConfig(
+            type="tokens",
+            condition_dim=384,
+            hidden_dim=args.hidden_dim,
+            num_layers=args.num_layers,
+            num_heads=4,
+            lora_factor_dim=args.lora_factor_dim,
+        ),
         meta=MetaTrainConfig(
-            algorithm=args.algorithm, num_outer_steps=args.outer_steps, samples_per_task=8, seed=seed
+            algorithm=args.algorithm,
+            num_outer_steps=args.outer_steps,
+            samples_per_task=8,
+            outer_lr=args.outer_lr,
+            seed=seed,
         ),
         hypernetwork_steps=args.outer_steps,
         codec_normalization=args.codec_normalization,
@@ -73,6 +85,17 @@ def mean_std(values: list[float]) -> dict[str, float]:
 def run_dir(config: PipelineConfig) -> Path:
     """Generator and checkpoints of one configuration live in the cache, so a rerun resumes instead of retraining."""
     return cache_root() / "runs" / f"{config.taskset}-{stable_hash(config.to_dict())}"
+
+
+@torch.no_grad()
+def fit_on_training_tasks(generator_dir: Path, tasks, num_tasks: int = 12) -> dict:
+    """Weights generated for *training* descriptions, evaluated on those tasks' test words, beside the tasks' own
+    trained adapters: tells an under-fitted generator (both low) from one that fits but does not generalise."""
+    generator = McDiGenerator.from_pretrained(generator_dir)
+    tasks = list(tasks)[:num_tasks]
+    weights = generator.generate(torch.stack([t.condition for t in tasks]), seed=0)
+    generated = [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
+    return {"generated_on_training_tasks": sum(generated) / len(generated), "per_task": generated}
 
 
 @torch.no_grad()
@@ -114,6 +137,10 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, help="recorder learning rate; default: 5e-3 (minilm), 1e-2 (smollm2)")
     parser.add_argument("--outer-steps", type=int, default=600)
+    parser.add_argument("--hidden-dim", type=int, default=128)
+    parser.add_argument("--num-layers", type=int, default=2)
+    parser.add_argument("--outer-lr", type=float, default=1e-3)
+    parser.add_argument("--lora-factor-dim", type=int, default=32, help="0: dense token projections")
     parser.add_argument("--codec-normalization", choices=["tensor", "element"], default="tensor")
     parser.add_argument("--algorithm", choices=["reptile", "single_level"], default="reptile")
     parser.add_argument("--out", help="default: benchmarks/results/wordnet_<base>.json")
@@ -132,8 +159,10 @@ def main() -> None:
         results = run_pipeline(cfg, progress=False)
         print(format_results(results), flush=True)
         seconds = time.perf_counter() - start
-        tasks = get_tasksets(cfg.taskset, **cfg.taskset_kwargs).test
-        adapted = with_and_without_adapter(args, Path(cfg.output_dir) / "generator", tasks, seed)
+        tasksets = get_tasksets(cfg.taskset, **cfg.taskset_kwargs)
+        adapted = with_and_without_adapter(args, Path(cfg.output_dir) / "generator", tasksets.test, seed)
+        adapted["fit"] = fit_on_training_tasks(Path(cfg.output_dir) / "generator", tasksets.train)
+        print("fit on training tasks:", round(adapted["fit"]["generated_on_training_tasks"], 4), flush=True)
         print(json.dumps(adapted["mean"]), adapted["adapt_ms_median"], flush=True)
         # the README path writes exactly the weights the pipeline evaluated (same generator, same seed)
         adapted["max_abs_diff_vs_pipeline"] = max(

@@ -3,7 +3,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -13,15 +12,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from tests.launch import accelerate_launch
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "examples" / "train.py"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def env(tmp_path) -> dict:
@@ -55,23 +50,7 @@ def write_config(path: Path, **sections) -> Path:
 def launch(num_processes: int) -> list[str]:
     if num_processes == 1:
         return [sys.executable, str(SCRIPT)]
-    return [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        str(num_processes),
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-        str(SCRIPT),
-    ]
+    return [*accelerate_launch(num_processes), str(SCRIPT)]
 
 
 def run(cmd: list[str], tmp_path) -> str:

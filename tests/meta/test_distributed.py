@@ -1,7 +1,6 @@
 """Two processes (gloo on CPU) reproduce one process: meta-batch slots are spread, deltas all-reduced."""
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -10,15 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from tests.launch import accelerate_launch
+
 
 SCRIPT = Path(__file__).with_name("distributed_reptile.py")
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run(cmd: list[str]) -> None:
@@ -31,23 +26,7 @@ def run(cmd: list[str]) -> None:
 def test_two_processes_equal_one(tmp_path, algorithm):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     run([sys.executable, str(SCRIPT), str(one), algorithm])
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        str(free_port()),
-    ]
-    run([*launcher, str(SCRIPT), str(two), algorithm])
+    run([*accelerate_launch(2), str(SCRIPT), str(two), algorithm])
     a, b = load_file(one), load_file(two)
     assert a.keys() == b.keys()
     initial_changed = False
