@@ -325,8 +325,10 @@ def evaluate_heldout(
     train_final = {n: v[:, 0] for n, v in train_final.items()}  # (n_train, *shape): θ_M of each task
     test_conditions = tasksets.test.conditions()
     generate_kwargs = {"sampler": config.sampler, "num_inference_steps": config.num_inference_steps}
-    vectors = generator.generate_vectors(test_conditions, seed=config.eval_seed, **generate_kwargs)
-    generated = generator.codec.decode(vectors)
+    # The generator may sit on an accelerator after training; tasks and the zoo live on the CPU.
+    device = generator.device
+    vectors = generator.generate_vectors(test_conditions.to(device), seed=config.eval_seed, **generate_kwargs)
+    generated = {n: v.cpu() for n, v in generator.codec.decode(vectors).items()}
     nearest = nearest_task_indices(train_conditions, test_conditions)
     mean = mean_of_zoo(train_final)
     hyper = hypernetwork.generate(test_conditions) if hypernetwork is not None else None
@@ -346,8 +348,8 @@ def evaluate_heldout(
         for name, params in candidates.items():
             methods.setdefault(name, []).append(float(task.evaluate(params)))
 
-    zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1)
-    single = test_conditions[:1]
+    zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1).to(device)
+    single = test_conditions[:1].to(device)
     latency = median_ms(lambda: generator.generate_vectors(single, seed=0, **generate_kwargs))
     first = tasksets.test[0]
     results = {
@@ -360,7 +362,7 @@ def evaluate_heldout(
         "num_test_tasks": len(tasksets.test),
     }
     if hypernetwork is not None:
-        results["hypernetwork_ms_median"] = median_ms(lambda: hypernetwork.generate(single))
+        results["hypernetwork_ms_median"] = median_ms(lambda: hypernetwork.generate(test_conditions[:1]))
     return results
 
 

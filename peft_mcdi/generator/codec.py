@@ -198,7 +198,7 @@ class WeightCodec(nn.Module):
         lead = self._batch_shape(params)
         # (..., [N,] unit_dim): each tensor flattened in place, concatenated in the recorded order
         flat = torch.cat([params[n].reshape(*lead, numel).float() for n, numel in zip(self.names, self.numels)], -1)
-        flat = (flat - self.mean) / self.std
+        flat = (flat.to(self.mean.device) - self.mean) / self.std  # zoo tensors are read on the CPU
         return flat.flatten(-2) if self.row_tokens else flat  # rows: (..., N·unit_dim), row-major over classes
 
     def decode(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -223,9 +223,11 @@ class MetaTrainer:
 
     # ------------------------------------------------------- checkpoint/resume
     def _identity(self) -> str:
-        """What a checkpoint must match to be resumed: the training config (minus the step budget) and the data."""
+        """What a checkpoint must match to be resumed: the training config (minus the step budget), the generator
+        and its noise schedule, and the data."""
         cfg = {k: v for k, v in self.config.to_dict().items() if k not in ("num_outer_steps", "checkpoint_every")}
-        return stable_hash([cfg, self.generator.config.to_dict(), self.data.task_ids])
+        schedule = self.generator.scheduler.config.to_dict()
+        return stable_hash([cfg, self.generator.config.to_dict(), schedule, self.data.task_ids])
 
     def save_checkpoint(self) -> Path | None:
         """Write checkpoint-<step>/ (generator, optimizer, state), then point ``latest`` at it, then prune."""

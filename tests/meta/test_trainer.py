@@ -113,6 +113,9 @@ def test_resume_refuses_a_different_run(tmp_path):
     MetaTrainer(gen, data, MetaTrainConfig(num_outer_steps=1, meta_batch_size=2), output_dir=tmp_path).train(False)
     with pytest.raises(ValueError, match="different training run"):
         MetaTrainer(gen, data, MetaTrainConfig(num_outer_steps=2, meta_batch_size=3), output_dir=tmp_path).train(False)
+    gen.scheduler = type(gen.scheduler)(SchedulerConfig(num_train_timesteps=10, num_segments=2, beta_end=0.3))
+    with pytest.raises(ValueError, match="different training run"):  # same trainer config, another noise schedule
+        MetaTrainer(gen, data, MetaTrainConfig(num_outer_steps=2, meta_batch_size=2), output_dir=tmp_path).train(False)
 
 
 def test_zoo_with_wrong_number_of_targets_is_named():
