@@ -54,6 +54,11 @@ class SharedLoRAModel:
         enc["labels"] = torch.tensor([y for _, y in pairs])
         return dict(enc)
 
+    def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """Labelled examples as ``McDiModel.adapt(num_samples=..., examples=...)`` takes them: inputs whose
+        ``model(**examples).loss`` is the task loss."""
+        return self.batch(pairs)
+
     def forward(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
         full = {self.full_names[k]: v for k, v in params.items()}
         return functional_call(self.model, full, args=(), kwargs=batch, strict=False)
@@ -105,6 +110,16 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         enc = super().batch(pairs)
         enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding shifts nothing
         return enc
+
+    def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """The template followed by the label word, with LM labels on that word only (−100 elsewhere), so that
+        ``model(**examples).loss`` is −log p(label word), the task loss."""
+        texts = [t + self.LABEL_WORDS[y] for t, (_, y) in zip(self.texts([w for w, _ in pairs]), pairs)]
+        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        labels = torch.full_like(enc["input_ids"], -100)
+        labels[:, -1] = enc["input_ids"][:, -1]  # left padding: the label word is the last token of every row
+        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        return {**enc, "labels": labels}
 
     def _answer_logits(self, params, batch) -> torch.Tensor:
         inputs = {k: v for k, v in batch.items() if k != "labels"}

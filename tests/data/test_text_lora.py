@@ -92,3 +92,12 @@ def test_recorder_learns_a_text_task_on_the_causal_lm(causal):
 
 def test_the_encoder_told_the_task_separates_fruit(shared):
     assert fruit_task(shared).zero_shot_accuracy() >= 0.9  # description vs word embeddings, median threshold
+
+
+def test_selection_examples_carry_the_task_loss(causal):
+    # what adapt(num_samples=..., examples=...) minimises is the loss the zoo was trained on
+    pairs = [("salmon", 1), ("hippopotamus", 0), ("cod", 1)]
+    with torch.no_grad():
+        via_model = causal.model(**causal.selection_examples(pairs)).loss  # default adapter: B = 0, the base model
+        via_task = causal.loss(causal.theta0, causal.batch(pairs))
+    torch.testing.assert_close(via_model, via_task, atol=1e-4, rtol=1e-4)
