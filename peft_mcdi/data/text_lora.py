@@ -186,9 +186,34 @@ class ConceptLoRATask(Task):
         return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)
 
 
-def build_peft_model(base: str, r: int, target_modules: list[str], seed: int = 0, **config_kwargs):
+def quantized_4bit_config():
+    """nf4 weights, float32 compute: the QLoRA recipe, with a compute dtype every CPU supports."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> int:
+    """On CPUs with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight into an inference-only layout the
+    first time it runs in eval mode on an input that does not require grad; from then on no gradient flows back
+    through the layer, so the LoRA weights of every earlier layer get none (found when collecting trajectories, which
+    alternate training with no-grad evaluation). Trajectory collection needs both, so the repacking is switched off.
+    Returns the number of layers changed."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+def build_peft_model(
+    base: str, r: int, target_modules: list[str], seed: int = 0, load_in_4bit: bool = False, **config_kwargs
+):
     """A fresh MCDI ``PeftModel`` and its tokenizer on ``base`` ("minilm" or "smollm2"), the layout the WordNet task
-    families train and the README path adapts. ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
+    families train and the README path adapts. ``load_in_4bit`` loads the causal LM's weights in nf4 with
+    bitsandbytes (QLoRA-style; the LoRA stays float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the
+    generator)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
@@ -196,13 +221,17 @@ def build_peft_model(base: str, r: int, target_modules: list[str], seed: int = 0
     from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER
     from peft_mcdi.tuners.mcdi import McDiConfig
 
+    if load_in_4bit and base != "smollm2":
+        raise ValueError(f"load_in_4bit is supported for the causal-LM base 'smollm2' only, got base={base!r}.")
     torch.manual_seed(seed)
     if base == "minilm":
         hub_id, task_type = DEFAULT_TEXT_ENCODER, "SEQ_CLS"
         model = AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(hub_id), num_labels=2)
     elif base == "smollm2":
         hub_id, task_type = SMOLLM2_HUB_ID, "CAUSAL_LM"
-        model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32)
+        quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
+        model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32, **quantized)
+        keep_4bit_layers_trainable_on_cpu(model)
     else:
         raise ValueError(f"base must be 'minilm' or 'smollm2', got {base!r}.")
     config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
@@ -220,10 +249,11 @@ def _wordnet_tasksets(
     seed: int,
     examples_per_class: int,
     batch_size: int,
+    load_in_4bit: bool = False,
 ) -> TaskSets:
     from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
 
-    peft_model, tokenizer = build_peft_model(base, r, target_modules, seed)
+    peft_model, tokenizer = build_peft_model(base, r, target_modules, seed, load_in_4bit=load_in_4bit)
     shared = (SharedCausalLoRAModel if base == "smollm2" else SharedLoRAModel)(peft_model, tokenizer, init_seed=seed)
     concepts = build_concept_tasks(
         WordNetTaskConfig(
@@ -265,9 +295,20 @@ def wordnet_smollm2_tasksets(
     target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
     seed: int = 0,
     examples_per_class: int = 8,
+    load_in_4bit: bool = False,
 ) -> TaskSets:
     """The same WordNet tasks on SmolLM2-135M-Instruct as a causal LM (LoRA r on q/v of all 30 layers, label words
-    " no"/" yes"), with few examples per task (16 by default, one batch per epoch) so collection stays cheap on CPU."""
+    " no"/" yes"), with few examples per task (16 by default, one batch per epoch) so collection stays cheap on CPU.
+    ``load_in_4bit``: collect on an nf4 base (QLoRA-style)."""
+    batch_size = 2 * examples_per_class
     return _wordnet_tasksets(
-        "smollm2", num_train_tasks, num_test_tasks, r, target_modules, seed, examples_per_class, 2 * examples_per_class
+        "smollm2",
+        num_train_tasks,
+        num_test_tasks,
+        r,
+        target_modules,
+        seed,
+        examples_per_class,
+        batch_size,
+        load_in_4bit,
     )

@@ -101,3 +101,21 @@ def test_selection_examples_carry_the_task_loss(causal):
         via_model = causal.model(**causal.selection_examples(pairs)).loss  # default adapter: B = 0, the base model
         via_task = causal.loss(causal.theta0, causal.batch(pairs))
     torch.testing.assert_close(via_model, via_task, atol=1e-4, rtol=1e-4)
+
+
+def test_collection_on_a_4bit_base_trains_every_lora_layer():
+    """QLoRA-style collection on CPU: an evaluation pass (eval mode, no grad) must not cut the gradient path through
+    bitsandbytes' 4-bit layers (it did: only the last layer's LoRA kept learning)."""
+    pytest.importorskip("bitsandbytes")
+    from peft_mcdi.data.text_lora import SharedCausalLoRAModel, build_peft_model
+
+    model, tokenizer = build_peft_model("smollm2", r=2, target_modules=["q_proj", "v_proj"], load_in_4bit=True)
+    q_proj = model.base_model.model.model.layers[0].self_attn.q_proj
+    assert type(q_proj.base_layer).__name__ == "Linear4bit"
+    task = fruit_task(SharedCausalLoRAModel(model, tokenizer))
+    task.evaluate(task.init_params())  # what the recorder does between epochs
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=1, lr=1e-2))
+    frozen = [name for name in checkpoints[0] if torch.equal(checkpoints[0][name], checkpoints[1][name])]
+    assert not frozen, f"{len(frozen)} LoRA tensors got no gradient, e.g. {frozen[:2]}"
+    with pytest.raises(ValueError, match="load_in_4bit"):
+        build_peft_model("minilm", r=2, target_modules=["query"], load_in_4bit=True)
