@@ -3,6 +3,7 @@
 __version__ = "0.1.0.dev0"
 
 
+from peft_mcdi import _logging  # noqa: F401  (first: before peft imports bitsandbytes)
 from peft_mcdi._registration import register
 from peft_mcdi.generator.codec import TokenLayout, WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
