@@ -86,7 +86,7 @@ def test_recorder_learns_a_text_task_on_the_causal_lm(causal):
     task = fruit_task(causal)
     checkpoints, _ = train_task(task, RecorderConfig(num_epochs=3, lr=1e-2))
     assert task.loss(checkpoints[3], task._test) < task.loss(checkpoints[0], task._test) - 0.3
-    assert task.evaluate(checkpoints[3]) >= 0.8  # trained on these very words
+    assert task.evaluate(checkpoints[3]) >= 0.75  # trained on these very words (chance: 0.5)
     assert task.zero_shot_accuracy() > 0.6  # told "fruit" in words (median-calibrated): better than chance
 
 
