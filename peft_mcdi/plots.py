@@ -16,8 +16,6 @@ from pathlib import Path
 
 import torch
 
-from peft_mcdi.utils import stable_hash
-
 
 # How methods of a results.json are named in the pictures; methods not listed keep their key.
 LABELS = {
@@ -111,11 +109,6 @@ def plot_metric_vs_time(data: Mapping, path: str | Path) -> Path:
 
 
 # --------------------------------------------------------------------------------------- (b) fine-tuning curves
-def _recorder_generator(task, recorder) -> torch.Generator:
-    # The seed zoo.recorder.train_task uses: the same batch order as the task's trajectory in the zoo.
-    return torch.Generator().manual_seed(int(stable_hash([recorder.seed, task.task_id]), 16) % (2**63))
-
-
 def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points: int = 40) -> dict:
     """Fine-tune ``start`` on ``task`` the way the zoo's trajectories were trained (Adam + SAM with the recorder's
     lr, ρ, weight decay, epochs and batch-order seed) and record the held-out metric along the way.
@@ -123,14 +116,11 @@ def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points
     From θ₀ this reproduces the task's zoo trajectory, so its last point is the ``per_task_reference``. Returns
     ``steps`` and ``metric`` (about ``max_points`` evaluations, step 0 and the last step included),
     ``steps_per_epoch`` and ``train_seconds`` (the optimisation steps only, evaluations excluded)."""
-    from peft_mcdi.zoo.sam import SAM
+    from peft_mcdi.zoo.recorder import adam_sam_train, batch_order_generator
 
-    generator = _recorder_generator(task, recorder)
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in start.items()}
-    optimizer = SAM(params.values(), torch.optim.Adam, rho=recorder.rho, lr=recorder.lr,
-                    weight_decay=recorder.weight_decay)  # fmt: skip
     # batches are drawn lazily (as the recorder does): count them with a throw-away generator of the same seed
-    per_epoch = [sum(1 for _ in task.train_batches(e, _recorder_generator(task, recorder)))
+    per_epoch = [sum(1 for _ in task.train_batches(e, batch_order_generator(task, recorder)))
                  for e in range(1, recorder.num_epochs + 1)]  # fmt: skip
     total = sum(per_epoch)
     every = max(1, math.ceil(total / max(max_points - 1, 1)))
@@ -139,26 +129,20 @@ def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points
         with torch.no_grad():
             return float(task.evaluate({k: v.detach() for k, v in params.items()}))
 
-    steps, metric, seconds, step = [0], [evaluate()], 0.0, 0
-    for epoch in range(1, recorder.num_epochs + 1):
-        for batch in task.train_batches(epoch, generator):
-            start_time = time.perf_counter()
-            batch = task.augment(batch, generator)
+    steps, metric = [0], [evaluate()]
+    state = {"step": 0, "seconds": 0.0, "since": time.perf_counter()}  # seconds: optimisation only, not evaluation
 
-            def closure(batch=batch):
-                optimizer.zero_grad()
-                loss = task.loss(params, batch)
-                loss.backward()
-                return loss
+    def after_step(epoch: int, loss: float) -> None:
+        state["seconds"] += time.perf_counter() - state["since"]
+        state["step"] += 1
+        if state["step"] % every == 0 or state["step"] == total:
+            steps.append(state["step"])
+            metric.append(evaluate())
+        state["since"] = time.perf_counter()
 
-            optimizer.step(closure)
-            seconds += time.perf_counter() - start_time
-            step += 1
-            if step % every == 0 or step == total:
-                steps.append(step)
-                metric.append(evaluate())
+    adam_sam_train(task, recorder, params, on_step=after_step)
     return {"steps": steps, "metric": metric, "steps_per_epoch": per_epoch[0] if per_epoch else 0,
-            "train_seconds": seconds}  # fmt: skip
+            "train_seconds": state["seconds"]}  # fmt: skip
 
 
 def finetune_curves_data(

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -45,14 +45,24 @@ class RecorderConfig(DictConfigMixin):
         return [0, *local_target_epochs(self.num_epochs, self.num_segments)]
 
 
-def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, torch.Tensor]], float]:
-    """Train one task with Adam+SAM; returns {epoch: params} for the kept epochs and the last epoch's mean loss."""
-    generator = torch.Generator().manual_seed(int(stable_hash([config.seed, task.task_id]), 16) % (2**63))
-    params = {k: v.clone().requires_grad_(True) for k, v in task.init_params().items()}
+def batch_order_generator(task: Task, config: RecorderConfig) -> torch.Generator:
+    """The RNG of a task's batch order and augmentation, seeded by (recorder seed, task id): retraining a task with
+    the same recorder config retraces its zoo trajectory exactly."""
+    return torch.Generator().manual_seed(int(stable_hash([config.seed, task.task_id]), 16) % (2**63))
+
+
+def adam_sam_train(
+    task: Task,
+    config: RecorderConfig,
+    params: dict[str, torch.Tensor],
+    on_step: Callable[[int, float], None] | None = None,
+    on_epoch_end: Callable[[int, float], None] | None = None,
+) -> None:
+    """Train ``params`` (leaf tensors, updated in place) on ``task`` the way every zoo trajectory is trained: Adam
+    wrapped in SAM, ``config.num_epochs`` epochs in the task's seeded batch order. ``on_step(epoch, loss)`` runs after
+    every step, ``on_epoch_end(epoch, mean loss)`` after every epoch."""
+    generator = batch_order_generator(task, config)
     optimizer = SAM(params.values(), torch.optim.Adam, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay)
-    keep = set(config.kept_epochs())
-    checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}
-    epoch_loss = float("nan")
     for epoch in range(1, config.num_epochs + 1):
         losses = []
         for batch in task.train_batches(epoch, generator):
@@ -65,14 +75,30 @@ def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, 
                 return loss
 
             losses.append(float(optimizer.step(closure).detach()))
-        epoch_loss = sum(losses) / max(len(losses), 1)
+            if on_step is not None:
+                on_step(epoch, losses[-1])
+        if on_epoch_end is not None:
+            on_epoch_end(epoch, sum(losses) / max(len(losses), 1))
+
+
+def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, torch.Tensor]], float]:
+    """Train one task with Adam+SAM; returns {epoch: params} for the kept epochs and the last epoch's mean loss."""
+    params = {k: v.clone().requires_grad_(True) for k, v in task.init_params().items()}
+    keep = set(config.kept_epochs())
+    checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}
+    last_loss = [float("nan")]
+
+    def end_of_epoch(epoch: int, epoch_loss: float) -> None:
         if not all(torch.isfinite(v).all() for v in params.values()) or epoch_loss != epoch_loss:
             raise FloatingPointError(
                 f"task {task.task_id!r} diverged at epoch {epoch} (loss {epoch_loss}); lower RecorderConfig.lr."
             )
         if epoch in keep:
             checkpoints[epoch] = {k: v.detach().clone() for k, v in params.items()}
-    return checkpoints, epoch_loss
+        last_loss[0] = epoch_loss
+
+    adam_sam_train(task, config, params, on_epoch_end=end_of_epoch)
+    return checkpoints, last_loss[0]
 
 
 def collect(
