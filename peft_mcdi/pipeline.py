@@ -159,22 +159,16 @@ def prepare_zoo(
 
 def adapter_metadata(task) -> dict:
     """What a LoRA generator's metadata records so that it can be applied later (``mcdi generate``): the base model,
-    target modules, rank, alpha, task type and task encoder of the task family's shared PEFT model. A task may
-    provide ``generator_metadata()`` itself; families without a base model (logistic) give ``{}``."""
-    if callable(getattr(task, "generator_metadata", None)):
-        return dict(task.generator_metadata())
+    target modules, rank, alpha, task type and task encoder of the task family's shared PEFT model (whose config
+    names the base by its Hub id, see ``text_lora.build_peft_model``); families without a base model (logistic)
+    give ``{}``."""
     model = getattr(getattr(task, "shared", None), "model", None)
     peft_config = getattr(model, "peft_config", None)
     if not isinstance(peft_config, dict) or "default" not in peft_config:
         return {}
-    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, resolve_text_encoder
-
     cfg = peft_config["default"]
-    base = cfg.base_model_name_or_path
-    if base and base == resolve_text_encoder(DEFAULT_TEXT_ENCODER):
-        base = DEFAULT_TEXT_ENCODER  # the offline copy's path → the Hub id it stands for
     meta = {
-        "base_model": base,
+        "base_model": cfg.base_model_name_or_path,
         "target_modules": sorted(cfg.target_modules) if cfg.target_modules else None,
         "r": cfg.r,
         "lora_alpha": cfg.lora_alpha,

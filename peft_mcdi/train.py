@@ -96,26 +96,19 @@ def _coerce(value, annotation, key: str):
         if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
             return value.lower() in ("true", "yes", "1")
         raise ValueError(f"{key} must be true or false, got {value!r}")
-    if annotation is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
+    if annotation in (int, float):
         if isinstance(value, str):
             try:
-                return int(value)
+                return annotation(value)
             except ValueError:
                 pass
-        raise ValueError(f"{key} must be an integer, got {value!r}")
-    if annotation is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"{key} must be a number, got {value!r}")
+        elif (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and (annotation is float or float(value).is_integer())  # 3.0 is an int; 3.5 is not
+        ):
+            return annotation(value)
+        raise ValueError(f"{key} must be {'an integer' if annotation is int else 'a number'}, got {value!r}")
     if annotation is str:
         if isinstance(value, str):
             return value

@@ -12,17 +12,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from peft_mcdi import McDiConfig
 from peft_mcdi.cli import main
 from peft_mcdi.train import load_config
+from tests.tiny_config import TINY_RUN
 
 
-TINY = {
-    "taskset": "logistic",
-    "taskset_kwargs": {"num_train_tasks": 8, "num_test_tasks": 3, "num_train_examples": 64, "num_test_examples": 200},
-    "recorder": {"num_epochs": 3},
-    "denoiser": {"type": "mlp", "condition_dim": 4, "hidden_dim": 16, "num_layers": 1},
-    "meta": {"num_outer_steps": 4, "meta_batch_size": 4, "samples_per_task": 4, "log_every": 2},
-    "hypernetwork_steps": 5,
-    "progress": False,
-}
+TINY = TINY_RUN
 
 
 def cli(capsys, *argv):

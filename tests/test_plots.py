@@ -15,19 +15,11 @@ from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.tasks import get_tasksets
 from peft_mcdi.zoo.recorder import RecorderConfig, train_task
+from tests.tiny_config import TINY_RUN
 
 
 PNG = b"\x89PNG\r\n\x1a\n"
-TINY = {
-    "taskset": "logistic",
-    "taskset_kwargs": {"num_train_tasks": 8, "num_test_tasks": 3, "num_train_examples": 64, "num_test_examples": 200},
-    "recorder": {"num_epochs": 3},
-    "denoiser": {"type": "mlp", "condition_dim": 4, "hidden_dim": 16, "num_layers": 1},
-    "meta": {"num_outer_steps": 4, "meta_batch_size": 4, "samples_per_task": 4, "log_every": 2},
-    "hypernetwork_steps": 5,
-    "progress": False,
-    "log_with": "none",
-}
+TINY = {**TINY_RUN, "log_with": "none"}
 
 
 @pytest.fixture(autouse=True)

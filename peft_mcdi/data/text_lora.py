@@ -106,19 +106,21 @@ class SharedCausalLoRAModel(SharedLoRAModel):
     def texts(self, words: list[str]) -> list[str]:
         return [self.TEMPLATE.format(word=w) for w in words]
 
+    @staticmethod
+    def _with_positions(enc) -> dict[str, torch.Tensor]:
+        """Left padding: positions count real tokens only, so a row's answer does not depend on its batch."""
+        return {**enc, "position_ids": (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+
     def batch(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        enc = super().batch(pairs)
-        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)  # left padding shifts nothing
-        return enc
+        return self._with_positions(super().batch(pairs))
 
     def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         """The template followed by the label word, with LM labels on that word only (−100 elsewhere), so that
         ``model(**examples).loss`` is −log p(label word), the task loss."""
         texts = [t + self.LABEL_WORDS[y] for t, (_, y) in zip(self.texts([w for w, _ in pairs]), pairs)]
-        enc = self.tokenizer(texts, padding=True, return_tensors="pt")
+        enc = self._with_positions(self.tokenizer(texts, padding=True, return_tensors="pt"))
         labels = torch.full_like(enc["input_ids"], -100)
         labels[:, -1] = enc["input_ids"][:, -1]  # left padding: the label word is the last token of every row
-        enc["position_ids"] = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
         return {**enc, "labels": labels}
 
     def _answer_logits(self, params, batch) -> torch.Tensor:
@@ -138,10 +140,9 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         log-odds log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
         labels = torch.tensor([bool(y) for _, y in pairs])
         prompts = [f"{description}\n{t}" for t in self.texts([w for w, _ in pairs])]
-        enc = self.tokenizer(prompts, padding=True, return_tensors="pt")
-        position_ids = (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        enc = self._with_positions(self.tokenizer(prompts, padding=True, return_tensors="pt"))
         with self.model.disable_adapter():
-            logits = self.model(**enc, position_ids=position_ids, logits_to_keep=1).logits[:, -1, self.label_ids]
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids]
         log_odds = logits[:, 1] - logits[:, 0]
         return float(((log_odds > log_odds.median()) == labels).float().mean())
 
