@@ -186,7 +186,8 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
     k = config.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
     first = store.read(train_ids[0])
-    shapes = {n: list(v.shape[1:]) for n, v in first.params.items()}  # zoo files list tensors by name
+    rows = tasksets.train[0].class_rows  # heads: tensors share a class axis the codec leaves free
+    shapes = {n: list(v.shape[2 if rows else 1 :]) for n, v in first.params.items()}  # (epochs, [N,] *shape)
     adapter = adapter_metadata(tasksets.train[0])
     if adapter:
         # A generator applied to a PEFT model must list its tensors in the adapter's canonical order (module-major,
@@ -194,7 +195,7 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
         order = list(tasksets.train[0].init_params())
         if sorted(order) == sorted(shapes):
             shapes = {n: shapes[n] for n in order}
-    codec = fit_codec(WeightCodec(shapes, normalization=config.codec_normalization), store, train_ids, k)
+    codec = fit_codec(WeightCodec(shapes, rows, config.codec_normalization), store, train_ids, k)
     torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
     metadata = {"taskset": config.taskset, "num_train_tasks": len(train_ids), **adapter}
     generator = McDiGenerator(

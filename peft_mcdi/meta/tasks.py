@@ -18,6 +18,9 @@ class Task(ABC):
     task_id: str
     condition: torch.Tensor  # (C,), or (N, C) for per-class conditions
     metric: str = "loss"  # what evaluate() returns
+    # True when the parameters are a set of class rows sharing a free leading class axis (classifier heads, with
+    # one condition per class): generators then use the codec's rows layout (SPEC §3.2).
+    class_rows: bool = False
     higher_is_better: bool = False
 
     @abstractmethod

@@ -1,0 +1,181 @@
+"""``McDiHeadModel``: a frozen backbone plus named classifier heads, each generated from a labelled support set.
+
+The vision counterpart of ``McDiModel`` (PEFT's split: the config says what, this module says where): ``adapt()``
+writes a head per support set without any gradient step, ``forward`` classifies with the active (or a named) head,
+``save_pretrained`` / ``from_pretrained`` round-trip the heads as safetensors + JSON with a model card.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from peft_mcdi.tuners.head.config import CONFIG_NAME, McDiHeadConfig
+from peft_mcdi.utils import atomic_write, atomic_write_text
+from peft_mcdi.vision.head_generator import GeneratedHead, HeadGenerator
+
+
+WEIGHTS_NAME = "heads.safetensors"
+
+
+@dataclass
+class HeadAdaptInfo:
+    """What one ``adapt()`` call did; times are wall-clock milliseconds."""
+
+    adapter_name: str
+    num_classes: int
+    backbone_ms: float
+    generator_ms: float
+    nearest_training_distance: float
+
+
+class McDiHeadModel(nn.Module):
+    """Args:
+    backbone: frozen feature extractor; ``config.feature_method`` names the method that returns (B, d) features.
+    config: :class:`McDiHeadConfig`.
+    generator: a loaded :class:`HeadGenerator` (default: loaded from ``config.generator_name_or_path``).
+    """
+
+    def __init__(self, backbone: nn.Module, config: McDiHeadConfig, generator: HeadGenerator | None = None) -> None:
+        super().__init__()
+        if generator is None and config.generator_name_or_path is None:
+            raise ValueError("McDiHeadModel needs a generator: pass one or set config.generator_name_or_path.")
+        method = config.feature_method
+        if method != "forward" and not callable(getattr(backbone, method, None)):
+            raise ValueError(
+                f"the backbone ({type(backbone).__name__}) has no method {method!r} (config.feature_method)."
+            )
+        self.backbone = backbone.eval().requires_grad_(False)
+        self.config = config
+        self._generator = generator
+        self.heads = nn.ModuleDict()
+        self.class_names: dict[str, list[str] | None] = {}
+        self.active_adapter: str | None = None
+
+    @property
+    def generator(self) -> HeadGenerator:
+        if self._generator is None:
+            self._generator = HeadGenerator.from_pretrained(
+                self.config.generator_name_or_path,
+                revision=self.config.generator_revision,
+                sampler=self.config.sampler,
+                num_inference_steps=self.config.num_sampling_steps,
+                guidance_scale=self.config.guidance_scale,
+            )
+        return self._generator
+
+    @torch.no_grad()
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        fn = (
+            self.backbone
+            if self.config.feature_method == "forward"
+            else getattr(self.backbone, self.config.feature_method)
+        )
+        return fn(images)
+
+    @torch.no_grad()
+    def adapt(
+        self,
+        support_images: torch.Tensor,
+        support_labels: torch.Tensor,
+        adapter_name: str = "default",
+        class_names: list[str] | None = None,
+    ) -> HeadAdaptInfo:
+        """Generate the head of ``adapter_name`` from labelled images (labels in 0..N−1) and make it active."""
+        if support_labels.dim() != 1 or support_labels.shape[0] != support_images.shape[0]:
+            raise ValueError(
+                f"support_labels must be (n,) matching the {support_images.shape[0]} support images, got shape "
+                f"{tuple(support_labels.shape)}."
+            )
+        num_classes = int(support_labels.max()) + 1
+        if class_names is not None and len(class_names) != num_classes:
+            raise ValueError(f"class_names has {len(class_names)} entries, the labels have {num_classes} classes.")
+        start = time.perf_counter()
+        feats = self.features(support_images)
+        backbone_ms = (time.perf_counter() - start) * 1e3
+        gen = self.generator
+        head = gen.generate_head(feats, support_labels, num_classes, seed=self.config.seed)
+        condition = gen.conditions(feats, support_labels, num_classes)
+        distance = float(gen.generator.nearest_training_distance(condition)[0])
+        self.heads[adapter_name] = head
+        self.class_names[adapter_name] = class_names
+        self.active_adapter = adapter_name
+        return HeadAdaptInfo(adapter_name, num_classes, backbone_ms, gen.last_generation_ms, distance)
+
+    def set_adapter(self, adapter_name: str) -> None:
+        if adapter_name not in self.heads:
+            raise ValueError(f"no head named {adapter_name!r}; heads: {list(self.heads)}.")
+        self.active_adapter = adapter_name
+
+    def forward(self, images: torch.Tensor, adapter_name: str | None = None) -> torch.Tensor:
+        """Logits (B, N) of the named (default: active) head."""
+        name = adapter_name or self.active_adapter
+        if name is None:
+            raise ValueError("no head yet: call adapt(support_images, support_labels) first.")
+        if name not in self.heads:
+            raise ValueError(f"no head named {name!r}; heads: {list(self.heads)}.")
+        return self.heads[name](self.features(images))
+
+    # ------------------------------------------------------------------ save/load
+    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
+        """head_config.json (config, class names) + heads.safetensors (``<name>.weight`` / ``<name>.bias``) + card."""
+        folder = Path(save_directory)
+        folder.mkdir(parents=True, exist_ok=True)
+        state = {f"{name}.{k}": v.detach().cpu().contiguous() for name, head in self.heads.items()
+                 for k, v in head.state_dict().items()}  # fmt: skip
+        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        meta = {
+            "config": self.config.to_dict(),
+            "class_names": self.class_names,
+            "active_adapter": self.active_adapter,
+        }
+        atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2))
+        atomic_write_text(folder / "README.md", self._card())
+
+    @classmethod
+    def from_pretrained(cls, backbone: nn.Module, save_directory: str | os.PathLike, generator=None) -> McDiHeadModel:
+        """Rebuild the heads saved by :meth:`save_pretrained` on ``backbone`` (the generator loads lazily, only if
+        ``adapt`` is called again)."""
+        folder = Path(save_directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (folder / name).is_file():
+                raise FileNotFoundError(f"{folder} is not a McDiHeadModel folder: {name} is missing.")
+        meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
+        config = McDiHeadConfig.from_dict(meta["config"])
+        model = cls.__new__(cls)
+        nn.Module.__init__(model)
+        model.backbone, model.config, model._generator = backbone.eval().requires_grad_(False), config, generator
+        model.heads, model.class_names = nn.ModuleDict(), dict(meta["class_names"])
+        try:
+            state = load_file(folder / WEIGHTS_NAME)
+        except Exception as err:
+            raise ValueError(f"{folder / WEIGHTS_NAME} is corrupt or truncated ({err}).") from err
+        for name in meta["class_names"]:
+            weight = state[f"{name}.weight"]
+            head = GeneratedHead(weight.shape[1], weight.shape[0])
+            head.load_state_dict({"weight": weight, "bias": state[f"{name}.bias"]}, strict=True)
+            model.heads[name] = head.requires_grad_(False)
+        model.active_adapter = meta["active_adapter"]
+        return model
+
+    def _card(self) -> str:
+        rows = [f"| {name} | {head.out_features} | {', '.join(self.class_names[name] or []) or 'n/a'} |"
+                for name, head in self.heads.items()]  # fmt: skip
+        return "\n".join([
+            "---", "library_name: peft_mcdi", "tags: [peft, mcdi, weight-generation, image-classification]", "---", "",
+            "# Generated classifier heads (Mc-Di)", "",
+            "Linear heads for a frozen backbone, *generated* from labelled support sets by a Mc-Di head generator "
+            f"(`{self.config.generator_name_or_path or 'in-memory generator'}`), with no gradient step. Each head "
+            "L2-normalises the backbone features first.", "",
+            "| head | classes | class names |", "|---|---|---|", *rows, "",
+            "```python", "from peft_mcdi.tuners.head import McDiHeadModel", "",
+            'model = McDiHeadModel.from_pretrained(backbone, "path/to/this/folder")',
+            "logits = model(images)  # the active head; model(images, adapter_name=...) for another", "```", "",
+        ])  # fmt: skip

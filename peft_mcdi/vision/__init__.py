@@ -1,0 +1,1 @@
+"""Vision: backbones, image datasets and classifier-head generation."""
