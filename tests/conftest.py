@@ -4,10 +4,17 @@ import pytest
 import torch
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _isolated_cache(tmp_path_factory):
+    """No test reads or writes the user's cache; each session gets a fresh one. Session-scoped, so that module- and
+    class-scoped fixtures (built before any function-scoped one) see it too."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MCDI_CACHE", str(tmp_path_factory.getbasetemp() / "mcdi_cache"))
+        yield
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
-    """No test reads or writes the user's cache; each session gets a fresh one."""
-    monkeypatch.setenv("MCDI_CACHE", str(tmp_path_factory.getbasetemp() / "mcdi_cache"))
+def _seeded():
     torch.manual_seed(0)
 
 

@@ -57,6 +57,15 @@ class DenoiserConfig(DictConfigMixin):
         },
     )
 
+    condition_skip: bool = field(
+        default=False,
+        metadata={
+            "help": "per-token conditions only: add to each token's ε-prediction a learned, step-gated linear map of "
+            "its own condition and of the mean condition, in weight space (a class row of a head is close to a "
+            "linear function of the class prototypes, which a hidden_dim-wide trunk cannot pass through)."
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.type not in DENOISER_TYPES:
             raise ValueError(f"denoiser type must be one of {DENOISER_TYPES}, got {self.type!r}.")
@@ -70,6 +79,8 @@ class DenoiserConfig(DictConfigMixin):
             raise ValueError(f"hidden_dim ({self.hidden_dim}) must be divisible by num_heads ({self.num_heads}).")
         if self.per_token_condition and self.type != "tokens":
             raise ValueError("per_token_condition=True needs type='tokens'.")
+        if self.condition_skip and not self.per_token_condition:
+            raise ValueError("condition_skip=True needs per_token_condition=True (one condition per token).")
 
 
 class AdaLNBlock(nn.Module):
@@ -169,7 +180,13 @@ class _Denoiser(nn.Module):
         """sample (B, D), timesteps (B,) long, condition (B, C) [or (B, N, C)] → ε-prediction (B, D)."""
         cond_emb = self.embed_condition(condition, drop_condition)
         mods = self.modulations(timesteps, None if self.config.per_token_condition else cond_emb)
-        return self.denoise(sample, mods, self.token_bias(cond_emb, layout), layout, self.skip_scale(timesteps))
+        bias, skip = self.token_bias(cond_emb, layout), self.skip_scale(timesteps)
+        return self.denoise(sample, mods, bias, layout, skip, self.condition_rows(condition, drop_condition))
+
+    def condition_rows(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None):
+        """What the condition skip reads (token denoisers with ``condition_skip`` only, else None): each token's
+        condition and the mean over tokens, (B, N, 2, C), zero for dropped samples. Constant along a chain."""
+        return None
 
     def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor | None:
         """Per-step coefficient of the input added to the output (token denoisers only), shape like ``timesteps``."""
@@ -192,7 +209,7 @@ class ResidualMLPDenoiser(_Denoiser):
         nn.init.zeros_(self.proj_out.weight)
         nn.init.zeros_(self.proj_out.bias)
 
-    def denoise(self, sample, mods, token_bias=None, layout=None, skip=None) -> torch.Tensor:
+    def denoise(self, sample, mods, token_bias=None, layout=None, skip=None, condition_rows=None) -> torch.Tensor:
         """sample (B, D) → ε-prediction (B, D), given :meth:`modulations` (the condition enters through them)."""
         if sample.shape[-1] != self.sample_dim:
             raise ValueError(f"sample has width {sample.shape[-1]}, this denoiser expects {self.sample_dim}.")
@@ -300,6 +317,17 @@ class TokenSetDenoiser(_Denoiser):
         # needs is a per-step rescaling of x_t (for unit-variance data the optimum is exactly √(1−ᾱ_t)·x_t). The
         # skip carries that; the trunk models the task-dependent structure.
         self.skip = nn.Parameter(torch.zeros(num_train_timesteps + 1))
+        if config.condition_skip:
+            narrow = {t: d for t, d in self.token_dims.items() if d < config.condition_dim}
+            if narrow:
+                raise ValueError(
+                    f"condition_skip writes the condition into each token's first condition_dim="
+                    f"{config.condition_dim} entries, but tokens {narrow} are narrower."
+                )
+            # ε̂ᵢ += (a_i·cᵢ + b_i·c̄) ⊙ v: a, b per token and step from its hidden state; v per weight coordinate
+            # (codec statistics differ per coordinate). v starts at zero, so the skip starts switched off.
+            self.condition_gate = nn.Linear(H, 2)
+            self.condition_scale = nn.Parameter(torch.zeros(2, config.condition_dim))
         self._plans: dict = {}
 
     def _plan(self, layout: TokenLayout, device: torch.device) -> tuple[list[_TypeGroup], torch.Tensor, bool]:
@@ -346,9 +374,18 @@ class TokenSetDenoiser(_Denoiser):
     def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.skip[timesteps]
 
-    def denoise(self, sample, mods, token_bias, layout=None, skip=None) -> torch.Tensor:
-        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations`, :meth:`token_bias` and
-        :meth:`skip_scale` (whose term ``skip·sample`` is added to the output)."""
+    def condition_rows(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None):
+        if not self.config.condition_skip:
+            return None
+        c = condition.float()  # (B, N, C)
+        rows = torch.stack([c, c.mean(1, keepdim=True).expand_as(c)], dim=2)  # (B, N, 2, C)
+        if drop_condition is not None:
+            rows = rows.masked_fill(drop_condition.view(-1, 1, 1, 1), 0.0)
+        return rows
+
+    def denoise(self, sample, mods, token_bias, layout=None, skip=None, condition_rows=None) -> torch.Tensor:
+        """sample (B, D) → ε-prediction (B, D), given :meth:`modulations`, :meth:`token_bias`,
+        :meth:`skip_scale` (whose term ``skip·sample`` is added to the output) and :meth:`condition_rows`."""
         if layout is None:
             raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
         if sample.shape[-1] != sum(layout.dims):
@@ -371,7 +408,15 @@ class TokenSetDenoiser(_Denoiser):
         outs, offset = [], 0
         for g in groups:
             n = g.tokens.shape[0]
-            outs.append(self.projections[g.name].decode(h[:, offset : offset + n]))  # (B, n_type, d_type)
+            hg = h[:, offset : offset + n]
+            o = self.projections[g.name].decode(hg)  # (B, n_type, d_type)
+            if condition_rows is not None:
+                gate = self.condition_gate(hg)  # (B, n_type, 2)
+                # (B, n_type, C): the gated own/mean condition, per weight coordinate
+                add = torch.einsum("bnk,bnkc,kc->bnc", gate, condition_rows[:, g.tokens], self.condition_scale)
+                C = add.shape[-1]
+                o = torch.cat([o[..., :C] + add, o[..., C:]], dim=-1)
+            outs.append(o)
             offset += n
         if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
             ordered = sorted(zip(groups, outs), key=lambda pair: pair[0].start)

@@ -63,10 +63,12 @@ def sample(
     steps = scheduler.timesteps_for(num_inference_steps)
 
     cond_emb = denoiser.embed_condition(condition)
+    rows = denoiser.condition_rows(condition)
     guided = guidance_scale != 1.0
     if guided:  # conditional and unconditional halves in one forward
-        null = denoiser.embed_condition(condition, torch.ones(B, dtype=torch.bool, device=device))
-        cond_emb = torch.cat([cond_emb, null])
+        dropped = torch.ones(B, dtype=torch.bool, device=device)
+        cond_emb = torch.cat([cond_emb, denoiser.embed_condition(condition, dropped)])
+        rows = None if rows is None else torch.cat([rows, denoiser.condition_rows(condition, dropped)])
 
     # The adaLN modulations depend only on (t, condition): one batched computation for the whole chain.
     ts = torch.tensor([t for t, _ in steps], device=device)[:, None].expand(-1, cond_emb.shape[0])  # (S, B')
@@ -80,7 +82,7 @@ def sample(
         c_x, c_eps, sigma = scheduler.step_coefficients(t, t_prev, sampler)
         x_in = torch.cat([x, x]) if guided else x
         step_mods = [tuple(m[s] for m in block) for block in mods]
-        f = denoiser.denoise(x_in, step_mods, token_bias, layout, None if skips is None else skips[s])
+        f = denoiser.denoise(x_in, step_mods, token_bias, layout, None if skips is None else skips[s], rows)
         if guided:
             f_cond, f_null = f.chunk(2)
             f = f_null + guidance_scale * (f_cond - f_null)

@@ -18,10 +18,11 @@ import torch
 from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork
 from peft_mcdi.evaluation import median_ms
 from peft_mcdi.generator.denoisers import DenoiserConfig
-from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.generator.schedulers import SchedulerConfig, local_target_epochs
 from peft_mcdi.meta.data import load_raw_targets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
 from peft_mcdi.pipeline import PipelineConfig, build_generator
+from peft_mcdi.plots import sampling_chains, sampling_pca_data
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
 from peft_mcdi.vision.episodes import EpisodeBatch
 from peft_mcdi.vision.head_baselines import (
@@ -57,7 +58,7 @@ class VisionBenchConfig(DictConfigMixin):
     )
     denoiser: DenoiserConfig = field(
         default_factory=lambda: DenoiserConfig(
-            type="tokens", hidden_dim=128, num_layers=2, num_heads=4, per_token_condition=True
+            type="tokens", hidden_dim=128, num_layers=2, num_heads=4, per_token_condition=True, condition_skip=True
         ),
         metadata={"help": "Row-token denoiser (condition_dim is set to the suite's feature width)."},
     )
@@ -275,6 +276,32 @@ def evaluate_setting(
     }
 
 
+def sampling_picture(batch: EpisodeBatch, generator: HeadGenerator, config: VisionBenchConfig, chains: int = 3):
+    """Figure-1 data for the first episode of ``batch``: ``chains`` sampling chains (seeds 0..chains−1) and the
+    per-task reference's Adam+SAM trajectory on the episode's support set (epochs 0..M), in codec space."""
+    one = batch[:1]
+    spe = one.steps_per_epoch
+    run = train_heads(one, config.recorder.num_epochs * spe, config.recorder.lr, rho=config.recorder.rho,
+                      feature_noise=one.feature_noise, keep_every=spe)  # fmt: skip
+    N, d = one.num_ways, one.support_x.shape[-1]
+    checkpoints = [
+        {"weight": torch.zeros(1, N, d), "bias": torch.zeros(1, N)},
+        *[run.kept[s] for s in sorted(run.kept)],
+    ]
+    codec = generator.generator.codec
+    trajectory = torch.cat([codec.encode(c) for c in checkpoints])  # (M + 1, D)
+    condition = generator.conditions(one.support_x, one.support_y, N).expand(chains, -1, -1)
+    path = sampling_chains(generator.generator, condition, seed=list(range(chains)), **generator.sample_kwargs)
+    steps = generator.generator.scheduler.timesteps_for(generator.sample_kwargs["num_inference_steps"])
+    scheduler = generator.generator.scheduler
+    return sampling_pca_data(
+        path, trajectory.expand(chains, -1, -1), trajectory[None][:0],  # no zoo trajectories: other classes
+        chain_timesteps=[steps[0][0], *(t_prev for _, t_prev in steps)],
+        boundaries=scheduler.boundaries.tolist(),
+        target_epochs=local_target_epochs(config.recorder.num_epochs, scheduler.num_segments),
+    )  # fmt: skip
+
+
 def run_vision_benchmark(
     suite_name: str, suite_kwargs: dict, config: VisionBenchConfig, seed: int, progress: bool = False, log=print
 ) -> dict:
@@ -345,7 +372,13 @@ def run_vision_benchmark(
         )
         ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
         log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))
+    pca = (
+        sampling_picture(EpisodeBatch.stack(suite.tests[first]), generators["mcdi"], config)
+        if "mcdi" in generators
+        else None
+    )
     return {
+        "pca": pca,
         "suite": suite.name,
         "seed": seed,
         "suite_config": suite_kwargs,

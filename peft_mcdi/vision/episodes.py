@@ -196,7 +196,12 @@ def sample_episodes(
         if extra:
             more = _gather(features, parts["extra"])
             pool = (torch.cat([support[0], more[0]]), torch.cat([support[1], more[1]]))
-        tasks.append(HeadTask(f"{prefix}-{e:05d}", support, query, pool, chosen, config))
+        task = HeadTask(f"{prefix}-{e:05d}", support, query, pool, chosen, config)
+        # Provenance, for leakage checks: which feature set, domain and images the episode was drawn from.
+        task.source, task.domain = features.name, domain
+        task.image_indices = {k: torch.cat([i for i, _ in v]) if v else torch.zeros(0, dtype=torch.long)
+                              for k, v in parts.items()}  # fmt: skip
+        tasks.append(task)
     return tasks
 
 

@@ -180,6 +180,7 @@ def build_transfer_suite(config: TransferSuiteConfig, progress: bool = False) ->
     animals, fashion, digits = load_animal_silhouettes(), load_fashion_mnist("test"), load_digits()
     animal_idx = _subsample(animals.labels, config.images_per_class, rng)
     fashion_idx = _subsample(fashion.labels, config.images_per_class, rng)
+    digits_idx = _subsample(digits.labels, config.images_per_class, rng)
 
     def feature_set(name: str, images: np.ndarray, labels: np.ndarray) -> FeatureSet:
         return FeatureSet(name, efficientnet_features(images, config.image_size), torch.from_numpy(labels))
@@ -200,7 +201,7 @@ def build_transfer_suite(config: TransferSuiteConfig, progress: bool = False) ->
         "train-animals",
     )
     tests = {}
-    for name, data, idx in (("fashion", fashion, fashion_idx), ("digits", digits, np.arange(len(digits)))):
+    for name, data, idx in (("fashion", fashion, fashion_idx), ("digits", digits, digits_idx)):
         target = feature_set(name, data.images[idx], data.labels[idx])
         for setting, episodes in _test_episodes(config, TRANSFER_SETTINGS, target, list(range(10)), name).items():
             tests[f"{name}-{setting}"] = episodes

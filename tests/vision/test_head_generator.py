@@ -13,13 +13,12 @@ from peft_mcdi.vision.head_generator import GeneratedHead, HeadGenerator
 DIM = 8
 
 
-def head_generator(**kwargs) -> HeadGenerator:
-    config = GeneratorConfig(
-        codec={"shapes": {"weight": [DIM], "bias": []}, "row_tokens": True},
-        denoiser=DenoiserConfig(
-            type="tokens", condition_dim=DIM, hidden_dim=32, num_layers=2, per_token_condition=True
-        ),
-    )
+def head_generator(condition_skip: bool = True, **kwargs) -> HeadGenerator:
+    denoiser = DenoiserConfig(
+        type="tokens", condition_dim=DIM, hidden_dim=32, num_layers=2, per_token_condition=True,
+        condition_skip=condition_skip,
+    )  # fmt: skip
+    config = GeneratorConfig(codec={"shapes": {"weight": [DIM], "bias": []}, "row_tokens": True}, denoiser=denoiser)
     gen = McDiGenerator(config, SchedulerConfig(num_train_timesteps=10, num_segments=2))
     with torch.no_grad():  # untrained generators predict zeros; give the test something to see
         for p in gen.parameters():
@@ -43,8 +42,9 @@ def test_any_number_of_ways(num_ways):
     torch.testing.assert_close(batched["weight"][0], heads["weight"][0])  # a batch gives each episode its own seed
 
 
-def test_denoiser_is_permutation_equivariant_in_classes():
-    gen = head_generator().generator
+@pytest.mark.parametrize("condition_skip", [False, True])
+def test_denoiser_is_permutation_equivariant_in_classes(condition_skip):
+    gen = head_generator(condition_skip).generator
     N, width = 6, DIM + 1
     sample, condition = torch.randn(2, N * width), torch.randn(2, N, DIM)
     t = torch.tensor([3, 7])
@@ -89,3 +89,22 @@ def test_from_pretrained_round_trip(tmp_path):
     assert loaded.sample_kwargs["sampler"] == "ddim"
     expected = HeadGenerator(gen.generator, sampler="ddim", num_inference_steps=4).generate_heads(x, y)
     torch.testing.assert_close(loaded.generate_heads(x, y)["weight"], expected["weight"])
+
+
+def test_condition_skip_uses_the_condition_and_drops_with_it():
+    gen = head_generator().generator
+    N, sample, t = 3, torch.zeros(1, 3 * (DIM + 1)), torch.tensor([4])
+    condition = torch.randn(1, N, DIM)
+    layout = gen.layout(N)
+    base = gen.denoiser(sample, t, condition, layout=layout)
+    with torch.no_grad():
+        gen.denoiser.condition_scale.zero_()
+    without = gen.denoiser(sample, t, condition, layout=layout)
+    assert not torch.allclose(base, without)
+    with torch.no_grad():
+        gen.denoiser.condition_scale.normal_()
+    dropped = torch.tensor([True])
+    rows = gen.denoiser.condition_rows(condition, dropped)
+    assert rows.shape == (1, N, 2, DIM) and (rows == 0).all()
+    with pytest.raises(ValueError, match="condition_skip=True needs per_token_condition"):
+        DenoiserConfig(type="tokens", condition_skip=True)

@@ -1,0 +1,105 @@
+"""Vision benchmarks: classifier heads generated from support sets (Mc-Di and its ablations) against the gradient,
+prototype, Reptile and memorisation baselines, on the same test episodes (issue 4; SPEC §4).
+
+    python benchmarks/vision.py --suite fewshot --seeds 0 1 2    # Noto glyphs, Conv-4, 5/20-way 1/5-shot
+    python benchmarks/vision.py --suite transfer --seeds 0 1 2   # glyphs + animals → Fashion-MNIST, digits
+    python benchmarks/vision.py --suite dg --seeds 0 1 2         # leave-one-domain-out over 4 Fashion-MNIST domains
+    python benchmarks/vision.py --suite all --seeds 0 1 2
+    python benchmarks/vision.py --suite fewshot --quick          # a few minutes: smaller zoo, budget, episodes
+
+Each seed reruns the suite (data split, backbone, zoo, meta-training, episodes); every stage is cached under
+``$MCDI_CACHE`` (default ``~/.cache/peft_mcdi``), so an interrupted run resumes and a rerun only re-evaluates.
+Results go to ``benchmarks/results/vision_<suite>.json`` (after every seed) with a Markdown table and PNG plots.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.vision.benchmark import VisionBenchConfig, run_vision_benchmark  # noqa: E402
+from peft_mcdi.vision.report import markdown, summarize, write_pictures  # noqa: E402
+from peft_mcdi.vision.suites import DG_DOMAINS  # noqa: E402
+
+
+RESULTS = Path(__file__).with_name("results")
+# suite → the (registered suite, overrides) runs it is made of
+SUITES = {
+    "fewshot": [("glyphs-fewshot", {})],
+    "transfer": [("vision-transfer", {})],
+    "dg": [("vision-dg", {"heldout_domain": d}) for d in DG_DOMAINS],
+}
+TITLES = {
+    "fewshot": "Few-shot: Noto glyphs (evaluation scripts), Conv-4 trained on background scripts",
+    "transfer": "Transfer: meta-trained on glyphs + animal silhouettes, tested on Fashion-MNIST and digits",
+    "dg": "Domain generalisation: leave one Fashion-MNIST domain out (original, rotated, negative, degraded)",
+}
+QUICK = {  # minutes instead of hours; same code paths
+    "suite": {"num_train_tasks": 300, "num_test_tasks": 100},
+    "bench": {"meta": {"num_outer_steps": 300}, "budgets": [150], "hypernetwork_steps": 300,
+              "reptile": {"outer_steps": 100}, "latency_repeats": 10, "curve_episodes": 50},
+}  # fmt: skip
+
+
+def merged(base: dict, overrides: dict) -> dict:
+    """``overrides`` applied on top of ``base``, nested dicts key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
+    return out
+
+
+def bench_config(args) -> VisionBenchConfig:
+    overrides = json.loads(args.bench_config) if args.bench_config else {}
+    if args.quick:
+        overrides = merged(QUICK["bench"], overrides)
+    if args.outer_steps:
+        overrides = merged(overrides, {"meta": {"num_outer_steps": args.outer_steps}})
+    return VisionBenchConfig(**merged(VisionBenchConfig().to_dict(), overrides))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--suite", choices=[*SUITES, "all"], default="fewshot")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="small zoo, budget and episode counts (minutes)")
+    parser.add_argument("--outer-steps", type=int, help="meta-training budget of every generator variant")
+    parser.add_argument("--suite-config", help="JSON overrides of the suite config, e.g. '{\"num_test_tasks\": 600}'")
+    parser.add_argument("--bench-config", help='JSON overrides of VisionBenchConfig, e.g. \'{"variants": ["mcdi"]}\'')
+    parser.add_argument("--out-dir", default=str(RESULTS), help="where vision_<suite>.json/.md/.png go")
+    parser.add_argument("--progress", action="store_true")
+    args = parser.parse_args()
+    suites = list(SUITES) if args.suite == "all" else [args.suite]
+    config = bench_config(args)
+    suite_overrides = json.loads(args.suite_config) if args.suite_config else {}
+    if args.quick:
+        suite_overrides = {**QUICK["suite"], **suite_overrides}
+    command = "python benchmarks/vision.py " + " ".join(sys.argv[1:])
+    for suite in suites:
+        stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
+        runs = []
+        for seed in args.seeds:
+            for name, overrides in SUITES[suite]:
+                start = time.perf_counter()
+                run = run_vision_benchmark(name, {**overrides, **suite_overrides}, config, seed, args.progress)
+                run["seconds"] = time.perf_counter() - start
+                runs.append(run)
+                summary = summarize(runs)
+                record = {"command": command, "torch": torch.__version__, "machine": platform.machine(),
+                          "threads": torch.get_num_threads(), "summary": summary, "runs": runs}  # fmt: skip
+                stem.parent.mkdir(parents=True, exist_ok=True)
+                stem.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+                stem.with_suffix(".md").write_text(markdown(summary, runs, TITLES[suite], command))
+        write_pictures(summarize(runs), runs, stem)
+        print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
