@@ -60,9 +60,10 @@ class DenoiserConfig(DictConfigMixin):
     condition_skip: bool = field(
         default=False,
         metadata={
-            "help": "per-token conditions only: add to each token's ε-prediction a learned, step-gated linear map of "
-            "its own condition and of the mean condition, in weight space (a class row of a head is close to a "
-            "linear function of the class prototypes, which a hidden_dim-wide trunk cannot pass through)."
+            "help": "per-token conditions only: add to each token's ε-prediction learned, step-gated, per-coordinate "
+            "functions of its own condition c, the mean condition c̄ and tanh(u ⊙ RMS-normalised (c − c̄)), in "
+            "weight space: a head row trained by Adam is close to such a function of the class prototypes, and a "
+            "hidden_dim-wide trunk cannot pass a condition_dim-wide signal through."
         },
     )
 
@@ -184,8 +185,8 @@ class _Denoiser(nn.Module):
         return self.denoise(sample, mods, bias, layout, skip, self.condition_rows(condition, drop_condition))
 
     def condition_rows(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None):
-        """What the condition skip reads (token denoisers with ``condition_skip`` only, else None): each token's
-        condition and the mean over tokens, (B, N, 2, C), zero for dropped samples. Constant along a chain."""
+        """What the condition skip reads (token denoisers with ``condition_skip`` only, else None): per token, the
+        features of its condition (B, N, 3, C), zero for dropped samples. Constant along a chain."""
         return None
 
     def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor | None:
@@ -324,10 +325,14 @@ class TokenSetDenoiser(_Denoiser):
                     f"condition_skip writes the condition into each token's first condition_dim="
                     f"{config.condition_dim} entries, but tokens {narrow} are narrower."
                 )
-            # ε̂ᵢ += (a_i·cᵢ + b_i·c̄) ⊙ v: a, b per token and step from its hidden state; v per weight coordinate
-            # (codec statistics differ per coordinate). v starts at zero, so the skip starts switched off.
-            self.condition_gate = nn.Linear(H, 2)
-            self.condition_scale = nn.Parameter(torch.zeros(2, config.condition_dim))
+            # ε̂ᵢ += Σ_k g_k,i · φ_k(c)ᵢ ⊙ v_k for the features φ = (cᵢ, c̄, tanh(u ⊙ (cᵢ − c̄)/rms)): gates g per token
+            # and step from its hidden state; v per weight coordinate (codec statistics differ per coordinate). The
+            # tanh feature is there because Adam's first steps move every coordinate by ±lr (a sign pattern of the
+            # class's difference from the others), which no linear map of the prototypes gives. v starts at zero,
+            # so the skip starts switched off.
+            self.condition_gate = nn.Linear(H, 3)
+            self.condition_scale = nn.Parameter(torch.zeros(3, config.condition_dim))
+            self.condition_sharpness = nn.Parameter(torch.ones(config.condition_dim))
         self._plans: dict = {}
 
     def _plan(self, layout: TokenLayout, device: torch.device) -> tuple[list[_TypeGroup], torch.Tensor, bool]:
@@ -378,7 +383,10 @@ class TokenSetDenoiser(_Denoiser):
         if not self.config.condition_skip:
             return None
         c = condition.float()  # (B, N, C)
-        rows = torch.stack([c, c.mean(1, keepdim=True).expand_as(c)], dim=2)  # (B, N, 2, C)
+        mean = c.mean(1, keepdim=True).expand_as(c)
+        diff = c - mean
+        diff = diff / diff.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()  # unit RMS per token
+        rows = torch.stack([c, mean, torch.tanh(self.condition_sharpness * diff)], dim=2)  # (B, N, 3, C)
         if drop_condition is not None:
             rows = rows.masked_fill(drop_condition.view(-1, 1, 1, 1), 0.0)
         return rows
@@ -411,7 +419,7 @@ class TokenSetDenoiser(_Denoiser):
             hg = h[:, offset : offset + n]
             o = self.projections[g.name].decode(hg)  # (B, n_type, d_type)
             if condition_rows is not None:
-                gate = self.condition_gate(hg)  # (B, n_type, 2)
+                gate = self.condition_gate(hg)  # (B, n_type, 3)
                 # (B, n_type, C): the gated own/mean condition, per weight coordinate
                 add = torch.einsum("bnk,bnkc,kc->bnc", gate, condition_rows[:, g.tokens], self.condition_scale)
                 C = add.shape[-1]

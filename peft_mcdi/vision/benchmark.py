@@ -81,7 +81,15 @@ class VisionBenchConfig(DictConfigMixin):
     finetune_lr: float = field(default=0.01, metadata={"help": "Adam lr of the logistic-regression baseline."})
     sampler: str = field(default="ddpm", metadata={"help": "Sampler at evaluation: 'ddpm' or 'ddim'."})
     num_inference_steps: int | None = field(default=None, metadata={"help": "Sampling steps (None: all T)."})
+    guidance_scale: float = field(default=2.0, metadata={"help": "Classifier-free guidance at evaluation."})
+    num_samples: int = field(default=8, metadata={"help": "Heads averaged per episode at evaluation."})
     latency_repeats: int = field(default=30, metadata={"help": "Repeats of every latency measurement."})
+
+    def head_generator(self, generator, single_sample: bool = False) -> HeadGenerator:
+        """The evaluation's sampling options around ``generator`` (``single_sample``: one draw, no guidance)."""
+        if single_sample:
+            return HeadGenerator(generator, self.sampler, self.num_inference_steps)
+        return HeadGenerator(generator, self.sampler, self.num_inference_steps, self.guidance_scale, self.num_samples)
 
     def __post_init__(self) -> None:
         for name, cls in (("recorder", RecorderConfig), ("denoiser", DenoiserConfig), ("meta", MetaTrainConfig),
@@ -162,7 +170,7 @@ def meta_train_variant(
         points[budget] = {"outer_steps": budget, "meta_train_seconds": seconds, "accuracy": evaluate_curve(generator)}
         atomic_write_text(record, json.dumps(list(points.values()), indent=1))
     curve = [points[b] for b in sorted(points)]
-    return HeadGenerator(generator, config.sampler, config.num_inference_steps), {
+    return config.head_generator(generator), {
         "curve": curve,
         "meta_train_seconds": seconds,
         "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
@@ -194,6 +202,8 @@ def evaluate_setting(
     cost: dict[str, dict] = {}
     one = batch[:1]
     generated_rows = {}
+    if "mcdi" in generators:  # the ablation of the sampling options: one draw, no guidance
+        generators = {**generators, "mcdi_1_sample": config.head_generator(generators["mcdi"].generator, True)}
     for name, gen in generators.items():
         start = time.perf_counter()
         heads = gen.generate_heads(batch.support_x, batch.support_y, N, seed=seeds)
@@ -312,16 +322,16 @@ def run_vision_benchmark(
     log(f"{suite.name} seed {seed}: {len(suite.train)} training episodes, settings {list(suite.tests)} "
         f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
     start = time.perf_counter()
-    store = collect_zoo(suite, {"name": suite_name, **suite_kwargs}, config.recorder, progress)
+    store = collect_zoo(suite, suite.config, config.recorder, progress)
     zoo_seconds = time.perf_counter() - start
     log(f"zoo: {len(suite.train)} trajectories ({zoo_seconds:.0f} s)")
-    run_dir = cache_root() / "runs" / f"{suite.name}-{stable_hash([suite_kwargs, config.to_dict()])}"
+    run_dir = cache_root() / "runs" / f"{suite.name}-{stable_hash([suite.config, config.to_dict()])}"
 
     first = next(iter(suite.tests))
     curve_batch = EpisodeBatch.stack(suite.tests[first])[: config.curve_episodes]
 
     def evaluate_curve(generator) -> float:
-        gen = HeadGenerator(generator, config.sampler, config.num_inference_steps)
+        gen = config.head_generator(generator)
         heads = gen.generate_heads(curve_batch.support_x, curve_batch.support_y, curve_batch.num_ways,
                                    seed=list(range(len(curve_batch.support_x))))  # fmt: skip
         return _mean(curve_batch.accuracy(heads))

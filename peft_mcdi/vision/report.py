@@ -16,6 +16,7 @@ from peft_mcdi.plots import metric_vs_time_data, plot_metric_vs_time, plot_sampl
 
 LABELS = {
     "mcdi": "Mc-Di",
+    "mcdi_1_sample": "Mc-Di, 1 sample, no guidance",
     "mvdi": "Mv-Di (k = 1)",
     "twdi": "Tw-Di",
     "single_level": "single-level diffusion (no meta-learning)",

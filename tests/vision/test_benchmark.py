@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 SUITE = {"heldout_domain": "rotated", "images_per_class": 20, "num_train_tasks": 16, "num_test_tasks": 6}
-METHODS = {"mcdi", "mvdi", "twdi", "single_level", "hypernetwork", "prototype", "logistic_regression",
+METHODS = {"mcdi", "mcdi_1_sample", "mvdi", "twdi", "single_level", "hypernetwork", "prototype", "logistic_regression",
            "per_task_reference", "reptile_finetune", "mean_of_zoo", "nearest_training_rows"}  # fmt: skip
 
 

@@ -105,6 +105,16 @@ def test_condition_skip_uses_the_condition_and_drops_with_it():
         gen.denoiser.condition_scale.normal_()
     dropped = torch.tensor([True])
     rows = gen.denoiser.condition_rows(condition, dropped)
-    assert rows.shape == (1, N, 2, DIM) and (rows == 0).all()
+    assert rows.shape == (1, N, 3, DIM) and (rows == 0).all()
     with pytest.raises(ValueError, match="condition_skip=True needs per_token_condition"):
         DenoiserConfig(type="tokens", condition_skip=True)
+
+
+def test_averaging_samples_is_the_mean_of_single_draws():
+    gen = head_generator()
+    x, y = support(3, 2)
+    mean = HeadGenerator(gen.generator, num_samples=4).generate_heads(x, y, seed=[2])
+    draws = [gen.generate_heads(x, y, seed=2 * 4 + j) for j in range(4)]
+    torch.testing.assert_close(mean["weight"][0], torch.stack([d["weight"][0] for d in draws]).mean(0))
+    with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
+        HeadGenerator(gen.generator, num_samples=0)

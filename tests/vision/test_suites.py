@@ -72,7 +72,7 @@ def test_fewshot_evaluation_classes_are_unseen():
 def test_registered_task_families():
     tasksets = get_tasksets("vision-dg", setting="5w5s", heldout_domain="rotated", images_per_class=20, **TINY)
     assert len(tasksets.train) == 12 and len(tasksets.test) == 4
-    assert tasksets.test[0].support_x.shape == (25, 1280) and tasksets.train[0].class_rows
+    assert tasksets.test[0].support_x.shape == (25, 128) and tasksets.train[0].class_rows
     with pytest.raises(ValueError, match="has test settings"):
         get_tasksets("vision-dg", setting="20w1s", images_per_class=20, **TINY)
     with pytest.raises(ValueError, match="unknown DGSuiteConfig keys"):

@@ -32,7 +32,10 @@ class McDiHeadConfig(DictConfigMixin):
     num_sampling_steps: int | None = field(
         default=None, metadata={"help": "Denoising steps (≤ the generator's T); None takes all T."}
     )
-    guidance_scale: float = field(default=1.0, metadata={"help": "Classifier-free guidance scale (1: off)."})
+    guidance_scale: float = field(default=2.0, metadata={"help": "Classifier-free guidance scale (1: off)."})
+    num_samples: int = field(
+        default=8, metadata={"help": "Heads drawn per support set and averaged (an estimate of E[head | support])."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the generation noise (same seed, same head)."})
 
     def __post_init__(self) -> None:
@@ -40,5 +43,7 @@ class McDiHeadConfig(DictConfigMixin):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}.")
         if self.num_sampling_steps is not None and self.num_sampling_steps < 1:
             raise ValueError(f"num_sampling_steps must be None or >= 1, got {self.num_sampling_steps}.")
+        if not isinstance(self.num_samples, int) or self.num_samples < 1:
+            raise ValueError(f"num_samples must be an int >= 1, got {self.num_samples!r}.")
         if not isinstance(self.feature_method, str) or not self.feature_method:
             raise ValueError(f"feature_method must name a backbone method, got {self.feature_method!r}.")

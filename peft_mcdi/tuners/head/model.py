@@ -68,6 +68,7 @@ class McDiHeadModel(nn.Module):
                 sampler=self.config.sampler,
                 num_inference_steps=self.config.num_sampling_steps,
                 guidance_scale=self.config.guidance_scale,
+                num_samples=self.config.num_samples,
             )
         return self._generator
 
