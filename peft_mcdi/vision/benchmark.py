@@ -65,7 +65,9 @@ class VisionBenchConfig(DictConfigMixin):
     num_train_timesteps: int = field(default=20, metadata={"help": "T of every variant."})
     variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Of {list(VARIANTS)}."})
     meta: MetaTrainConfig = field(
-        default_factory=lambda: MetaTrainConfig(num_outer_steps=1500, meta_batch_size=8, samples_per_task=8),
+        default_factory=lambda: MetaTrainConfig(
+            num_outer_steps=1500, meta_batch_size=8, samples_per_task=8, outer_lr=3e-3
+        ),
         metadata={"help": "Meta-training (algorithm is set per variant)."},
     )
     budgets: list[int] = field(
