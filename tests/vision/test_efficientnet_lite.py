@@ -32,13 +32,9 @@ def model() -> EfficientNetLite0:
     return load_efficientnet_lite0()
 
 
-def _center_square(image: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) uint8 photo → (1, 3, S, S) float in [0, 1], the largest centred square (resizing is preprocess's)."""
-    t = torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255.0)[None]
-    h, w = t.shape[-2:]
-    side = min(h, w)
-    top, left = (h - side) // 2, (w - side) // 2
-    return t[..., top : top + side, left : left + side]
+def _photo(image: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) uint8 photo → (1, 3, H, W) float in [0, 1]; preprocess resizes the whole frame to the square input."""
+    return torch.from_numpy(np.array(image)).permute(2, 0, 1).float().div(255.0)[None]
 
 
 def test_strict_load_and_parameter_count(model):
@@ -59,15 +55,13 @@ def test_tf_same_padding_puts_the_extra_pixel_after():
 def test_sample_photos_are_classified(model):
     sklearn_datasets = pytest.importorskip("sklearn.datasets")
     china, flower = sklearn_datasets.load_sample_images().images  # temple photo, daisy photo
-    # One forward for both photos. Different aspect ratios, so square-crop each before preprocess resizes to 224.
-    batch = torch.cat([preprocess(_center_square(img), 224) for img in (china, flower)])
+    # The whole frame resized to 224 (as shared/OFFLINE_ASSETS.md checks it). A centre crop keeps less of the roof:
+    # the temple's top-1 then is "palace" (698, 0.33) with "bell cote" second (0.25) — the same network either way.
+    batch = torch.cat([preprocess(_photo(img), 224) for img in (china, flower)])
     with torch.no_grad():
         probs = model(batch).softmax(dim=-1)
-    top2 = probs.topk(2).indices
-    assert top2[1, 0].item() == DAISY
-    # The temple sits between "palace" and "bell cote" (≈0.33 vs ≈0.25 with this crop); both must lead the rest.
-    assert set(top2[0].tolist()) == {PALACE, BELL_COTE}
-    assert probs[0, [PALACE, BELL_COTE]].sum() > 0.5
+    assert probs.argmax(-1).tolist() == [BELL_COTE, DAISY]
+    assert PALACE in probs[0].topk(5).indices.tolist()
 
 
 def test_features_at_small_resolution(model):
