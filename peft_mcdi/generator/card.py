@@ -54,21 +54,25 @@ def generator_card(generator, repo_id: str | None = None) -> str:
     if meta.get("licenses"):
         lines += ["", "## Licences of the models and data used", ""]
         lines += [f"- {what}: {licence}" for what, licence in meta["licenses"].items()]
-    lines += [
-        "",
-        "## Usage",
-        "",
-        "```python",
-        "import peft_mcdi",
-        "from peft import get_peft_model",
-        "",
-        f"model = get_peft_model(base_model, peft_mcdi.McDiConfig(r={meta.get('r', 8)}, "
-        f"target_modules={json.dumps(meta.get('target_modules') or ['q_proj', 'v_proj'])}, "
-        f'generator_name_or_path="{name}"))',
-        'info = model.adapt("Describe the task in one sentence.")',
-        "```",
-        "",
-    ]
+    if generator.codec.row_tokens:  # a head generator: conditioned on class prototypes of a frozen backbone
+        usage = [
+            "from peft_mcdi.tuners.head import McDiHeadConfig, McDiHeadModel",
+            "",
+            f'model = McDiHeadModel(backbone, McDiHeadConfig(generator_name_or_path="{name}"))',
+            "model.adapt(support_images, support_labels)  # a linear head, no gradient step",
+            "logits = model(query_images)",
+        ]
+    else:
+        usage = [
+            "import peft_mcdi",
+            "from peft import get_peft_model",
+            "",
+            f"model = get_peft_model(base_model, peft_mcdi.McDiConfig(r={meta.get('r', 8)}, "
+            f"target_modules={json.dumps(meta.get('target_modules') or ['q_proj', 'v_proj'])}, "
+            f'generator_name_or_path="{name}"))',
+            'info = model.adapt("Describe the task in one sentence.")',
+        ]
+    lines += ["", "## Usage", "", "```python", *usage, "```", ""]
     return "\n".join(lines)
 
 

@@ -384,12 +384,25 @@ def run_vision_benchmark(
         )
         ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
         log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))
+    # The Mc-Di generator of this run, with its card (what McDiHeadConfig.generator_name_or_path points at).
+    generator_dir = None
+    if "mcdi" in generators:
+        mcdi = generators["mcdi"].generator
+        sampling = f"mean of {config.num_samples}, guidance {config.guidance_scale}"
+        mcdi.config.metadata.update(
+            base_model=suite.info.get("backbone"),
+            results={f"{k} accuracy ({sampling})": f"{v['accuracy']['mcdi']:.4f}" for k, v in settings.items()},
+            latency_ms=settings[first]["cost"]["mcdi"]["ms_per_episode_median"],
+        )
+        generator_dir = run_dir / "mcdi_generator"
+        mcdi.save_pretrained(generator_dir)
     pca = (
         sampling_picture(EpisodeBatch.stack(suite.tests[first]), generators["mcdi"], config)
         if "mcdi" in generators
         else None
     )
     return {
+        "generator_dir": str(generator_dir) if generator_dir else None,
         "pca": pca,
         "suite": suite.name,
         "seed": seed,

@@ -167,7 +167,8 @@ def build_fewshot_suite(config: FewShotSuiteConfig, progress: bool = False) -> V
         features, train_classes, config.train_episodes, config.num_train_tasks, seed=config.seed * 7919, prefix="train"
     )
     tests = _test_episodes(config, FEWSHOT_SETTINGS, features, test_classes, "test")
-    info = {"train_classes": train_classes, "test_classes": test_classes, "glyph_classes": glyphs.classes}
+    info = {"train_classes": train_classes, "test_classes": test_classes, "glyph_classes": glyphs.classes,
+            "backbone": "Conv-4 trained on the background glyph scripts"}  # fmt: skip
     return VisionSuite("glyphs-fewshot", train, tests, features.dim, info)
 
 
@@ -229,7 +230,8 @@ def build_transfer_suite(config: TransferSuiteConfig, progress: bool = False) ->
         target = feature_set(name, efficientnet_features(data.images[idx], config.image_size), data.labels[idx])
         for setting, episodes in _test_episodes(config, TRANSFER_SETTINGS, target, list(range(10)), name).items():
             tests[f"{name}-{setting}"] = episodes
-    info = {"train_sources": ["glyphs", "animal-silhouettes"], "test_targets": ["fashion-mnist", "digits"]}
+    info = {"train_sources": ["glyphs", "animal-silhouettes"], "test_targets": ["fashion-mnist", "digits"],
+            "backbone": f"EfficientNet-Lite0 (ImageNet) at {config.image_size} px"}  # fmt: skip
     return VisionSuite("vision-transfer", train, tests, sources["glyphs"].dim, info)
 
 
@@ -297,7 +299,8 @@ def build_dg_suite(config: DGSuiteConfig, progress: bool = False) -> VisionSuite
         train += sample_episodes(features, classes, config.train_episodes, n, seed=config.seed * 7919 + d,
                                  prefix=f"train-{DG_DOMAINS[d]}", domain=d)  # fmt: skip
     tests = _test_episodes(config, TRANSFER_SETTINGS, features, classes, f"test-{config.heldout_domain}", domain=held)
-    info = {"source_domains": [DG_DOMAINS[d] for d in sources], "heldout_domain": config.heldout_domain}
+    info = {"source_domains": [DG_DOMAINS[d] for d in sources], "heldout_domain": config.heldout_domain,
+            "backbone": f"EfficientNet-Lite0 (ImageNet) at {config.image_size} px"}  # fmt: skip
     return VisionSuite(f"vision-dg-{config.heldout_domain}", train, tests, features.dim, info)
 
 

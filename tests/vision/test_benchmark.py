@@ -67,3 +67,12 @@ def test_report(tiny_run, tmp_path):
     paths = write_pictures(summary, [run], tmp_path / "vision_tiny")
     assert [p.name for p in paths] == ["vision_tiny_vision-dg-rotated_accuracy_vs_time.png", "vision_tiny_pca.png"]
     assert all(p.stat().st_size > 1000 for p in paths)
+
+
+def test_the_run_saves_its_generator_with_a_head_card(tiny_run):
+    from peft_mcdi.vision.head_generator import HeadGenerator
+
+    _, run = tiny_run
+    card = (Path(run["generator_dir"]) / "README.md").read_text()
+    assert "McDiHeadModel" in card and "EfficientNet-Lite0" in card and "5w1s accuracy" in card
+    assert HeadGenerator.from_pretrained(run["generator_dir"]).feature_dim == 128
