@@ -41,6 +41,10 @@ setup(
             "bitsandbytes>=0.45",
             "matplotlib",
             "tensorboard",
+            # glyph rendering (Noto fonts from Debian) and its augmentation
+            "pillow",
+            "fonttools",
+            "scipy",
         ],
     },
 )
