@@ -406,7 +406,7 @@ def run_vision_benchmark(
         "pca": pca,
         "suite": suite.name,
         "seed": seed,
-        "suite_config": suite_kwargs,
+        "suite_config": suite.config,
         "bench_config": config.to_dict(),
         "num_train_episodes": len(suite.train),
         "zoo_seconds": zoo_seconds,
