@@ -103,11 +103,21 @@ class VisionBenchConfig(DictConfigMixin):
             raise ValueError(f"unknown variants {unknown}; valid: {list(VARIANTS)}.")
 
 
+def measured(fn) -> tuple[object, float, float | None]:
+    """``fn()``'s result, its wall seconds, and the peak resident memory above the level before it (MB; Linux:
+    the high-water mark is reset through /proc/self/clear_refs; None where that is not available)."""
+    result = []
+    start = time.perf_counter()
+    peak = peak_memory_mb(lambda: result.append(fn()))
+    return result[0], time.perf_counter() - start, peak
+
+
 def peak_memory_mb(fn) -> float | None:
     """Peak resident memory above the current level while ``fn()`` runs (Linux: resets the high-water mark through
-    /proc/self/clear_refs); None where that is not available."""
+    /proc/self/clear_refs); None where that is not available (``fn`` still runs)."""
     status, clear = Path("/proc/self/status"), Path("/proc/self/clear_refs")
     if not status.is_file():
+        fn()
         return None
 
     def read(field_name: str) -> float:
@@ -119,6 +129,7 @@ def peak_memory_mb(fn) -> float | None:
     try:
         clear.write_text("5")
     except OSError:
+        fn()
         return None
     before = read("VmRSS:")
     fn()
@@ -207,9 +218,9 @@ def evaluate_setting(
     if "mcdi" in generators:  # the ablation of the sampling options: one draw, no guidance
         generators = {**generators, "mcdi_1_sample": config.head_generator(generators["mcdi"].generator, True)}
     for name, gen in generators.items():
-        start = time.perf_counter()
-        heads = gen.generate_heads(batch.support_x, batch.support_y, N, seed=seeds)
-        batched_s = time.perf_counter() - start
+        heads, batched_s, peak = measured(
+            lambda g=gen: g.generate_heads(batch.support_x, batch.support_y, N, seed=seeds)
+        )
         acc[name] = batch.accuracy(heads)
         generated_rows[name] = _rows_of(heads)
         cost[name] = {
@@ -217,9 +228,7 @@ def evaluate_setting(
                 lambda g=gen: g.generate_heads(one.support_x, one.support_y, N), config.latency_repeats
             ),
             "episodes_per_s_batched": E / batched_s,
-            "peak_memory_mb_batched": peak_memory_mb(
-                lambda g=gen: g.generate_heads(batch.support_x, batch.support_y, N)
-            ),
+            "peak_memory_mb_batched": peak,
         }
     if hypernetwork is not None:
         acc["hypernetwork"] = batch.accuracy(hypernetwork.generate(batch.prototypes))
