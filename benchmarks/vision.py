@@ -75,8 +75,19 @@ def main() -> None:
     parser.add_argument("--bench-config", help='JSON overrides of VisionBenchConfig, e.g. \'{"variants": ["mcdi"]}\'')
     parser.add_argument("--out-dir", default=str(RESULTS), help="where vision_<suite>.json/.md/.png go")
     parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only redraw the .md and .png from the results JSON")
     args = parser.parse_args()
     suites = list(SUITES) if args.suite == "all" else [args.suite]
+    if args.report:
+        for suite in suites:
+            stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
+            record = json.loads(stem.with_suffix(".json").read_text())
+            stem.with_suffix(".md").write_text(
+                markdown(record["summary"], record["runs"], TITLES[suite], record["command"])
+            )
+            write_pictures(record["summary"], record["runs"], stem)
+            print(stem.with_suffix(".md").read_text())
+        return
     config = bench_config(args)
     suite_overrides = json.loads(args.suite_config) if args.suite_config else {}
     if args.quick:
