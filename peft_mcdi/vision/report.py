@@ -73,7 +73,38 @@ def summarize(runs: Sequence[Mapping]) -> dict:
             if "steps_to_match_mcdi" in cost:
                 entry["steps_to_match_mcdi"][method] = [r["cost"][method]["steps_to_match_mcdi"] for r in results]
         summary[key] = entry
+    summary.update(_fold_means(runs))
     return summary
+
+
+def _fold_means(runs: Sequence[Mapping]) -> dict:
+    """Leave-one-domain-out suites (``vision-dg-<domain>``): per setting, the accuracy averaged over the held-out
+    domains of each seed (seeds with every fold done), then mean ± std over those seeds."""
+    folds: dict[int, dict[str, Mapping]] = {}
+    for run in runs:
+        if run["suite"].startswith("vision-dg-"):
+            folds.setdefault(run["seed"], {})[run["suite"]] = run
+    domains = {suite for per_seed in folds.values() for suite in per_seed}
+    complete = [per_seed for per_seed in folds.values() if len(domains) > 1 and set(per_seed) == domains]
+    if not complete:
+        return {}
+    out = {}
+    for setting in next(iter(complete[0].values()))["settings"]:
+        methods = next(iter(complete[0].values()))["settings"][setting]["accuracy"]
+        per_seed = {
+            m: [statistics.fmean(r["settings"][setting]["accuracy"][m] for r in seed.values()) for seed in complete]
+            for m in methods
+        }
+        out[f"vision-dg (mean of {len(domains)} held-out domains)/{setting}"] = {
+            "seeds": len(complete),
+            "episodes_per_seed": sum(r["settings"][setting]["num_episodes"] for r in complete[0].values()),
+            "accuracy": {m: _mean_std(v) for m, v in per_seed.items()},
+            "ms_per_episode_median": {},
+            "episodes_per_s_batched": {},
+            "steps_to_match_mcdi": {},
+            "distance_to_nearest_zoo_row": {},
+        }
+    return out
 
 
 def _fmt(stat: Mapping) -> str:
@@ -120,7 +151,7 @@ def write_pictures(summary: Mapping, runs: Sequence[Mapping], prefix: str | Path
     seen_suites = set()
     for key, entry in summary.items():
         suite = key.split("/", 1)[0]
-        if suite in seen_suites:
+        if suite in seen_suites or not entry["ms_per_episode_median"]:  # aggregates carry no timings
             continue
         seen_suites.add(suite)
         results = {

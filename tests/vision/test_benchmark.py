@@ -76,3 +76,14 @@ def test_the_run_saves_its_generator_with_a_head_card(tiny_run):
     card = (Path(run["generator_dir"]) / "README.md").read_text()
     assert "McDiHeadModel" in card and "EfficientNet-Lite0" in card and "5w1s accuracy" in card
     assert HeadGenerator.from_pretrained(run["generator_dir"]).feature_dim == 128
+
+
+def test_domain_generalisation_folds_are_averaged_per_seed(tiny_run):
+    _, run = tiny_run
+    other = {**run, "suite": "vision-dg-negative", "settings": {
+        k: {**v, "accuracy": dict.fromkeys(v["accuracy"], 1.0)} for k, v in run["settings"].items()}}  # fmt: skip
+    summary = summarize([run, other])
+    entry = summary["vision-dg (mean of 2 held-out domains)/5w1s"]
+    expected = (run["settings"]["5w1s"]["accuracy"]["mcdi"] + 1.0) / 2
+    assert entry["seeds"] == 1 and abs(entry["accuracy"]["mcdi"]["mean"] - expected) < 1e-9
+    assert not any("mean of" in key for key in summarize([run]))  # one fold alone: nothing to average
