@@ -48,6 +48,9 @@ VARIANTS = {
 }
 
 
+RESULT_NAME = "result.json"  # a finished run's result, beside its checkpoints
+
+
 @dataclass
 class VisionBenchConfig(DictConfigMixin):
     """Everything but the suite: trajectories, generator, meta-training, baselines, evaluation."""
@@ -337,6 +340,9 @@ def run_vision_benchmark(
     zoo_seconds = time.perf_counter() - start
     log(f"zoo: {len(suite.train)} trajectories ({zoo_seconds:.0f} s)")
     run_dir = cache_root() / "runs" / f"{suite.name}-{stable_hash([suite.config, config.to_dict()])}"
+    if (run_dir / RESULT_NAME).is_file():  # this exact run was evaluated before: its result, not a re-evaluation
+        log(f"{suite.name} seed {seed}: evaluated before, result read from {run_dir / RESULT_NAME}")
+        return json.loads((run_dir / RESULT_NAME).read_text())
 
     first = next(iter(suite.tests))
     curve_batch = EpisodeBatch.stack(suite.tests[first])[: config.curve_episodes]
@@ -410,7 +416,7 @@ def run_vision_benchmark(
         if "mcdi" in generators
         else None
     )
-    return {
+    result = {
         "generator_dir": str(generator_dir) if generator_dir else None,
         "pca": pca,
         "suite": suite.name,
@@ -422,3 +428,5 @@ def run_vision_benchmark(
         "training": training,
         "settings": settings,
     }
+    atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=1))
+    return result
