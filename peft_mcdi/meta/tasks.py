@@ -94,6 +94,7 @@ def register_tasksets(name: str) -> Callable:
 def get_tasksets(name: str, **kwargs) -> TaskSets:
     """Build a registered task family's train/test split, e.g. ``get_tasksets("logistic", num_train_tasks=400)``."""
     import peft_mcdi.data  # noqa: F401  (registers the built-in families)
+    import peft_mcdi.vision.suites  # noqa: F401  (and the vision suites)
 
     if name not in _REGISTRY:
         raise ValueError(f"unknown task set {name!r}; valid names: {sorted(_REGISTRY)}.")
