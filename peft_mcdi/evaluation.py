@@ -6,6 +6,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -39,3 +40,26 @@ def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> f
         fn()
         times.append((time.perf_counter() - start) * 1e3)
     return statistics.median(times)
+
+
+def _resident_mb(field_name: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field_name):
+            return float(line.split()[1]) / 1024
+    raise KeyError(field_name)
+
+
+def measured(fn: Callable[[], object]) -> tuple[object, float, float | None]:
+    """``fn()``'s result, its wall seconds, and the peak resident memory above the level before it, in MB (Linux:
+    the high-water mark is reset through /proc/self/clear_refs; None where that is not available). Resident memory
+    is what the process really holds, but the allocator may reuse freed pages, so a small call can read 0."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        before = _resident_mb("VmRSS:")
+    except (OSError, KeyError):
+        before = None
+    start = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - start
+    peak = None if before is None else max(_resident_mb("VmHWM:") - before, 0.0)
+    return result, seconds, peak

@@ -26,6 +26,15 @@ from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
 
 
+# The paper's ablation (SPEC §3.3): the same denoiser and budget, different loss / k / meta-learning.
+VARIANTS = {
+    "mcdi": {"num_segments": 3, "loss_variant": "mcdi", "algorithm": "reptile"},
+    "mvdi": {"num_segments": 1, "loss_variant": "mcdi", "algorithm": "reptile"},
+    "twdi": {"num_segments": 3, "loss_variant": "twdi", "algorithm": "reptile"},
+    "single_level": {"num_segments": 3, "loss_variant": "mcdi", "algorithm": "single_level"},
+}
+
+
 @dataclass
 class PipelineConfig(DictConfigMixin):
     """Defaults: the logistic family of SPEC §3.3 at a size that runs in a few minutes on 2 CPU cores."""
@@ -329,14 +338,16 @@ def evaluate_heldout(
     hyper = hypernetwork.generate(test_conditions) if hypernetwork is not None else None
 
     methods: dict[str, list[float]] = {}
+    references = []
     for j, task in enumerate(tasksets.test):
         reference = store.read(task.task_id)
+        references.append({n: v[-1] for n, v in reference.params.items()})
         candidates = {
             "generated": {n: v[j] for n, v in generated.items()},
             "nearest_task": {n: v[nearest[j]] for n, v in train_final.items()},
             "mean_of_zoo": mean,
             "init": task.init_params(),
-            "per_task_reference": {n: v[-1] for n, v in reference.params.items()},
+            "per_task_reference": references[-1],
         }
         if hyper is not None:
             candidates["hypernetwork"] = {n: v[j] for n, v in hyper.items()}
@@ -344,6 +355,8 @@ def evaluate_heldout(
             methods.setdefault(name, []).append(float(task.evaluate(params)))
 
     zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1).to(device)
+    stacked = {n: torch.stack([r[n] for r in references]) for n in references[0]}
+    reference_vectors = generator.codec.encode({n: v.to(device) for n, v in stacked.items()})
     single = test_conditions[:1].to(device)
     latency = median_ms(lambda: generator.generate_vectors(single, seed=0, **generate_kwargs))
     first = tasksets.test[0]
@@ -354,6 +367,10 @@ def evaluate_heldout(
         "per_task": methods,
         "generation_ms_median": latency,
         "nearest_checkpoint_distance": float(nearest_checkpoint_distance(vectors, zoo_vectors).mean()),
+        # the scale of that distance: how far the held-out tasks' own trained weights sit from the zoo
+        "reference_nearest_checkpoint_distance": float(
+            nearest_checkpoint_distance(reference_vectors, zoo_vectors).mean()
+        ),
         "num_test_tasks": len(tasksets.test),
     }
     if hypernetwork is not None:

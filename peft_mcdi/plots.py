@@ -114,8 +114,9 @@ def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points
     lr, ρ, weight decay, epochs and batch-order seed) and record the held-out metric along the way.
 
     From θ₀ this reproduces the task's zoo trajectory, so its last point is the ``per_task_reference``. Returns
-    ``steps`` and ``metric`` (about ``max_points`` evaluations, step 0 and the last step included),
-    ``steps_per_epoch`` and ``train_seconds`` (the optimisation steps only, evaluations excluded)."""
+    ``steps`` and ``metric`` (about ``max_points`` evaluations, step 0 and the last step included), ``seconds`` (the
+    optimisation time up to each of those steps), ``steps_per_epoch`` and ``train_seconds`` (the optimisation steps
+    only, evaluations excluded)."""
     from peft_mcdi.zoo.recorder import adam_sam_train, batch_order_generator
 
     params = {k: v.detach().clone().float().requires_grad_(True) for k, v in start.items()}
@@ -129,7 +130,7 @@ def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points
         with torch.no_grad():
             return float(task.evaluate({k: v.detach() for k, v in params.items()}))
 
-    steps, metric = [0], [evaluate()]
+    steps, metric, seconds = [0], [evaluate()], [0.0]
     state = {"step": 0, "seconds": 0.0, "since": time.perf_counter()}  # seconds: optimisation only, not evaluation
 
     def after_step(epoch: int, loss: float) -> None:
@@ -138,10 +139,11 @@ def finetune_curve(task, start: Mapping[str, torch.Tensor], recorder, max_points
         if state["step"] % every == 0 or state["step"] == total:
             steps.append(state["step"])
             metric.append(evaluate())
+            seconds.append(state["seconds"])
         state["since"] = time.perf_counter()
 
     adam_sam_train(task, recorder, params, on_step=after_step)
-    return {"steps": steps, "metric": metric, "steps_per_epoch": per_epoch[0] if per_epoch else 0,
+    return {"steps": steps, "metric": metric, "seconds": seconds, "steps_per_epoch": per_epoch[0] if per_epoch else 0,
             "train_seconds": state["seconds"]}  # fmt: skip
 
 

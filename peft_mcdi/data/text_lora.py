@@ -40,19 +40,32 @@ class SharedLoRAModel:
             else:
                 self.theta0[name] = torch.zeros(p.shape)
 
+    PROMPT_LENGTH = 64  # tokens kept of a task description put before the example (prompted baselines)
+
     def texts(self, words: list[str]) -> list[str]:
         return words
 
-    def batch(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(
-            self.texts([w for w, _ in pairs]),
+    def encode(self, words: list[str], descriptions: list[str] | None = None):
+        """Tokenised inputs: the example alone in the fixed template, or, for the prompted baselines (multi-task
+        LoRA, the base model told the task), preceded by its task description — a sentence pair for the
+        encoder, whose description is truncated first."""
+        if descriptions is None:
+            return self.tokenizer(
+                self.texts(words), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        return self.tokenizer(
+            descriptions,
+            self.texts(words),
             padding=True,
-            truncation=True,
-            max_length=self.max_length,
+            truncation="only_first",
+            max_length=self.max_length + self.PROMPT_LENGTH,
             return_tensors="pt",
         )
+
+    def batch(self, pairs: list[tuple[str, int]], descriptions: list[str] | None = None) -> dict[str, torch.Tensor]:
+        enc = dict(self.encode([w for w, _ in pairs], descriptions))
         enc["labels"] = torch.tensor([y for _, y in pairs])
-        return dict(enc)
+        return enc
 
     def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         """Labelled examples as ``McDiModel.adapt(num_samples=..., examples=...)`` takes them: inputs whose
@@ -111,8 +124,18 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         """Left padding: positions count real tokens only, so a row's answer does not depend on its batch."""
         return {**enc, "position_ids": (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
 
-    def batch(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
-        return self._with_positions(super().batch(pairs))
+    def encode(self, words: list[str], descriptions: list[str] | None = None):
+        """The template alone, or preceded by the task description on its own line (prompted baselines)."""
+        texts = self.texts(words)
+        if descriptions is None:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        else:  # not truncated: the answer position is the prompt's last token
+            enc = self.tokenizer([f"{d}\n{t}" for d, t in zip(descriptions, texts)], padding=True, return_tensors="pt")
+        return self._with_positions(enc)
+
+    def batch(self, pairs: list[tuple[str, int]], descriptions: list[str] | None = None) -> dict[str, torch.Tensor]:
+        enc = self.encode([w for w, _ in pairs], descriptions)
+        return {**enc, "labels": torch.tensor([y for _, y in pairs])}
 
     def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
         """The template followed by the label word, with LM labels on that word only (−100 elsewhere), so that
@@ -139,8 +162,7 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         answers " yes" to nearly everything, so, as for the encoder, the threshold is the median of the
         log-odds log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
         labels = torch.tensor([bool(y) for _, y in pairs])
-        prompts = [f"{description}\n{t}" for t in self.texts([w for w, _ in pairs])]
-        enc = self._with_positions(self.tokenizer(prompts, padding=True, return_tensors="pt"))
+        enc = self.encode([w for w, _ in pairs], [description] * len(pairs))
         with self.model.disable_adapter():
             logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids]
         log_odds = logits[:, 1] - logits[:, 0]
@@ -185,6 +207,14 @@ class ConceptLoRATask(Task):
     def zero_shot_accuracy(self) -> float:
         """Test accuracy of the base model told the task in words (no adapter): the prompted baseline."""
         return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)
+
+    @torch.no_grad()
+    def prompted_accuracy(self, params: dict[str, torch.Tensor], description: str | None = None) -> float:
+        """Test accuracy of ``params`` when each test input is preceded by the task description (the multi-task
+        LoRA's input format); ``description`` defaults to the task's own."""
+        pairs = self.concept.test
+        batch = self.shared.batch(pairs, [description or self.concept.description] * len(pairs))
+        return float((self.shared.scores(params, batch).argmax(-1) == batch["labels"]).float().mean())
 
 
 def quantized_4bit_config():

@@ -1,8 +1,11 @@
 """Many real text tasks from WordNet 3.0 (Debian ``wordnet-base``): "does the word name a kind of X?".
 
 Each task is a noun category X with 50–3,000 single-word hyponym lemmas. Positives are those lemmas; negatives are
-single-word nouns outside X's subtree, drawn to match the positives' word lengths. Its description is built from
-WordNet itself: "Does the word name a kind of fish — any of various mostly cold-blooded aquatic vertebrates …?".
+single-word nouns outside X's subtree, drawn to match each positive's word length and its frequency band (SemCor
+tag counts of ``cntlist.rev``), so that neither length nor familiarity gives the label away. Its description is built
+from WordNet itself: "Does the word name a kind of fish — any of various mostly cold-blooded aquatic vertebrates …?";
+a second wording of the same category (another lemma, its hypernym, another template) is kept as ``paraphrase``:
+new descriptions of seen categories, an easier split than held-out categories, reported under its own name.
 
 Held-out categories are chosen first; every training category that is an ancestor or a descendant of a held-out one
 is then dropped, so no held-out task is a sub- or super-task of a training task (SPEC §4).
@@ -76,6 +79,9 @@ class WordNetTaskConfig(DictConfigMixin):
     num_train: int = field(default=32, metadata={"help": "Training examples per class (positive / negative)."})
     num_val: int = field(default=16, metadata={"help": "Validation examples per class."})
     num_test: int = field(default=50, metadata={"help": "Test examples per class (fewer if the category is small)."})
+    match_frequency: bool = field(
+        default=True, metadata={"help": "Match negatives to positives by frequency band as well as by length."}
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the split and of example sampling."})
 
 
@@ -89,26 +95,88 @@ class ConceptTask:
     train: list[tuple[str, int]]
     val: list[tuple[str, int]]
     test: list[tuple[str, int]]
+    paraphrase: str = ""  # the same category in other words (SPEC §4's "new descriptions of seen categories")
 
     def __post_init__(self):
         # JSON turns the pairs into lists; keep one type whether the task was built or read from the cache.
         for split in ("train", "val", "test"):
             setattr(self, split, [(str(word), int(label)) for word, label in getattr(self, split)])
 
+    def to_dataset(self):
+        """The task as a ``datasets.DatasetDict`` (train / validation / test; columns ``word`` and ``label``, a
+        ``ClassLabel`` no/yes), its description in the dataset info."""
+        from datasets import ClassLabel, Dataset, DatasetDict, DatasetInfo, Features, Value
+
+        features = Features({"word": Value("string"), "label": ClassLabel(names=["no", "yes"])})
+        info = DatasetInfo(description=self.description, features=features)
+        return DatasetDict(
+            {
+                name: Dataset.from_dict(
+                    {"word": [w for w, _ in pairs], "label": [y for _, y in pairs]}, features=features, info=info
+                )
+                for name, pairs in (("train", self.train), ("validation", self.val), ("test", self.test))
+            }
+        )
+
+
+def noun_frequencies() -> dict[str, int]:
+    """SemCor tag count of every noun lemma (summed over its senses), read from WordNet's ``cntlist.rev``."""
+    counts: dict[str, int] = {}
+    for line in (WORDNET_DIR / "cntlist.rev").read_text(encoding="utf-8").splitlines():
+        key, _, count = line.split()
+        lemma, sense = key.split("%", 1)
+        if sense.startswith("1:"):  # 1 = noun
+            counts[lemma.lower()] = counts.get(lemma.lower(), 0) + int(count)
+    return counts
+
+
+def frequency_band(count: int) -> int:
+    """0 for unseen words, then log₂ bands (1, 2–3, 4–7, …) capped at 5: coarse enough that most bands are
+    populated at every word length."""
+    return min(count.bit_length(), 5)
+
 
 def _matched_negatives(
-    positives: list[str], pool_by_length: dict[int, list[str]], exclude: set[str], rng
+    positives: list[str], pools: dict[tuple[int, int], list[str]], band: dict[str, int], exclude: set[str], rng
 ) -> list[str]:
-    """One negative per positive, of the same length when possible (the nearest length otherwise)."""
+    """One negative per positive: a word of the same length and frequency band when there is one, else of the
+    nearest length in that band (within 2 characters), else of the nearest length in any band. ``pools`` maps
+    (length, band) to words, ``band`` a word to its band; ``exclude`` holds the category's own members."""
+
+    def draw(groups: list[list[str]]) -> str | None:
+        total = sum(len(g) for g in groups)
+        for _ in range(20):  # rejection sampling: the excluded words are few next to the pools
+            i = rng.randrange(total)
+            for group in groups:
+                if i < len(group):
+                    break
+                i -= len(group)
+            if group[i] not in exclude:
+                return group[i]
+        allowed = [c for g in groups for c in g if c not in exclude]
+        return rng.choice(allowed) if allowed else None
+
+    bands = sorted({b for _, b in pools})
     out = []
     for word in positives:
-        for delta in range(0, 30):
-            candidates = pool_by_length.get(len(word) + delta, []) + pool_by_length.get(len(word) - delta, [])
-            candidates = [c for c in candidates if c not in exclude]
-            if candidates:
-                out.append(rng.choice(candidates))
+        searches = [(d, [band.get(word, 0)]) for d in range(3)] + [(d, bands) for d in range(30)]
+        for delta, allowed_bands in searches:
+            groups = [pools[key] for b in allowed_bands for n in sorted({len(word) - delta, len(word) + delta})
+                      if (key := (n, b)) in pools]  # fmt: skip
+            choice = draw(groups) if groups else None
+            if choice is not None:
+                out.append(choice)
                 break
     return out
+
+
+def _paraphrase(synset) -> str:
+    """The category in other words: its second lemma when it has one, its hypernym, and a different template."""
+    lemmas = [lemma.name().replace("_", " ") for lemma in synset.lemmas()]
+    hypernyms = synset.hypernyms() or synset.instance_hypernyms()
+    parent = hypernyms[0].lemmas()[0].name().replace("_", " ") if hypernyms else "thing"
+    name = lemmas[1] if len(lemmas) > 1 else lemmas[0]
+    return f"Answer yes if the word is a type of {name}, a kind of {parent} ({synset.definition()}); otherwise no."
 
 
 def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask]]:
@@ -127,9 +195,11 @@ def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask
         if config.min_hyponyms <= len(members) <= config.max_hyponyms:
             categories[synset.name()] = members
     all_nouns = sorted(_single_word_lemmas(wn.all_synsets("n")))
-    pool_by_length: dict[int, list[str]] = {}
+    counts = noun_frequencies() if config.match_frequency else {}
+    band = {word: frequency_band(counts.get(word, 0)) for word in all_nouns}
+    pools: dict[tuple[int, int], list[str]] = {}
     for word in all_nouns:
-        pool_by_length.setdefault(len(word), []).append(word)
+        pools.setdefault((len(word), band[word]), []).append(word)
 
     names = sorted(categories)
     rng.shuffle(names)
@@ -148,7 +218,7 @@ def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask
         n_train, n_val = config.num_train, config.num_val
         n_test = min(config.num_test, len(members) - n_train - n_val)
         pos = members[: n_train + n_val + n_test]
-        neg = _matched_negatives(pos, pool_by_length, categories[name], rng)
+        neg = _matched_negatives(pos, pools, band, categories[name], rng)
         pairs = [(w, 1) for w in pos], [(w, 0) for w in neg]
         cut = [(0, n_train), (n_train, n_train + n_val), (n_train + n_val, len(pos))]
         splits = [pairs[0][a:b] + pairs[1][a:b] for a, b in cut]
@@ -156,7 +226,7 @@ def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask
             rng.shuffle(s)
         lemma = synset.lemmas()[0].name().replace("_", " ")
         description = f"Does the word name a kind of {lemma} — {synset.definition()}?"
-        return ConceptTask(f"{split}-{name}", name, description, *splits)
+        return ConceptTask(f"{split}-{name}", name, description, *splits, paraphrase=_paraphrase(synset))
 
     tasks = {"train": [make(n, "train") for n in train], "test": [make(n, "test") for n in heldout]}
     payload = {split: [t.__dict__ for t in items] for split, items in tasks.items()}

@@ -16,12 +16,12 @@ from pathlib import Path
 import torch
 
 from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork
-from peft_mcdi.evaluation import median_ms
+from peft_mcdi.evaluation import measured, median_ms
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.schedulers import SchedulerConfig, local_target_epochs
 from peft_mcdi.meta.data import load_raw_targets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
-from peft_mcdi.pipeline import PipelineConfig, build_generator
+from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_generator
 from peft_mcdi.plots import sampling_chains, sampling_pca_data
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
 from peft_mcdi.vision.episodes import EpisodeBatch
@@ -37,15 +37,6 @@ from peft_mcdi.vision.head_zoo import collect_heads
 from peft_mcdi.vision.suites import VisionSuite, build_suite
 from peft_mcdi.zoo.recorder import RecorderConfig
 from peft_mcdi.zoo.store import ZooStore
-
-
-# The paper's ablation (SPEC §3.3): the same denoiser and budget, different loss / k / meta-learning.
-VARIANTS = {
-    "mcdi": {"num_segments": 3, "loss_variant": "mcdi", "algorithm": "reptile"},
-    "mvdi": {"num_segments": 1, "loss_variant": "mcdi", "algorithm": "reptile"},
-    "twdi": {"num_segments": 3, "loss_variant": "twdi", "algorithm": "reptile"},
-    "single_level": {"num_segments": 3, "loss_variant": "mcdi", "algorithm": "single_level"},
-}
 
 
 RESULT_NAME = "result.json"  # a finished run's result, beside its checkpoints
@@ -104,39 +95,6 @@ class VisionBenchConfig(DictConfigMixin):
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"unknown variants {unknown}; valid: {list(VARIANTS)}.")
-
-
-def measured(fn) -> tuple[object, float, float | None]:
-    """``fn()``'s result, its wall seconds, and the peak resident memory above the level before it (MB; Linux:
-    the high-water mark is reset through /proc/self/clear_refs; None where that is not available)."""
-    result = []
-    start = time.perf_counter()
-    peak = peak_memory_mb(lambda: result.append(fn()))
-    return result[0], time.perf_counter() - start, peak
-
-
-def peak_memory_mb(fn) -> float | None:
-    """Peak resident memory above the current level while ``fn()`` runs (Linux: resets the high-water mark through
-    /proc/self/clear_refs); None where that is not available (``fn`` still runs)."""
-    status, clear = Path("/proc/self/status"), Path("/proc/self/clear_refs")
-    if not status.is_file():
-        fn()
-        return None
-
-    def read(field_name: str) -> float:
-        for line in status.read_text().splitlines():
-            if line.startswith(field_name):
-                return float(line.split()[1]) / 1024
-        raise KeyError(field_name)
-
-    try:
-        clear.write_text("5")
-    except OSError:
-        fn()
-        return None
-    before = read("VmRSS:")
-    fn()
-    return max(read("VmHWM:") - before, 0.0)
 
 
 def collect_zoo(suite: VisionSuite, suite_key: dict, recorder: RecorderConfig, progress: bool) -> ZooStore:

@@ -1,0 +1,92 @@
+"""LLM adaptation benchmark: LoRA generated from a task description on a real base model, beside fine-tuning, a
+multi-task LoRA, the prompted base model, a Text-to-LoRA-style hypernetwork, Mv-Di, single-level diffusion and the
+memorisation checks, on the same held-out WordNet categories (issue 5).
+
+    python benchmarks/llm.py --base minilm --seeds 0 1 2      # 300 training + 40 held-out categories, MiniLM-L6
+    python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 48 + 8 categories, SmolLM2-135M as a causal LM
+    python benchmarks/llm.py --base minilm --quick            # minutes: a small zoo and short budgets
+    python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
+
+Every stage is cached under ``$MCDI_CACHE`` (zoo, generators, multi-task LoRA, fine-tuning curves, the per-seed
+record), so an interrupted run resumes and a finished seed is read back. Results: ``benchmarks/results/
+llm_<base>[_quick].json`` (written after every seed), ``.md`` and ``_accuracy_vs_time.png``.
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.llm.benchmark import BASES, LLMBenchConfig, merge, run_llm_benchmark  # noqa: E402
+from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
+
+
+RESULTS = Path(__file__).with_name("results")
+TITLES = {
+    "minilm": "LLM adaptation: WordNet categories on all-MiniLM-L6-v2 (LoRA q/v r 4 + 2-way head)",
+    "smollm2": "LLM adaptation: WordNet categories on SmolLM2-135M-Instruct (LoRA q/v r 8, label words)",
+}
+# Small enough to finish in minutes on 2 CPU cores; the same code paths as the full run.
+QUICK = {
+    "num_train_tasks": 24,
+    "num_test_tasks": 4,
+    "recorder": {"num_epochs": 4},
+    "meta": {"num_outer_steps": 60},
+    "hypernetwork_steps": 60,
+    "finetune_steps": 20,
+    "multitask": {"num_epochs": 0.5},
+    "seen_tasks": 4,
+    "latency_repeats": 5,
+}
+
+
+def write_report(records: list[dict], stem: Path, title: str, command: str) -> None:
+    summary = summarize(records)
+    record = {"command": command, "torch": torch.__version__, "machine": platform.machine(),
+              "threads": torch.get_num_threads(), "summary": summary, "runs": records}  # fmt: skip
+    stem.parent.mkdir(parents=True, exist_ok=True)
+    stem.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
+    stem.with_suffix(".md").write_text(markdown(summary, title, command))
+    plot_accuracy_vs_time(records, f"{stem}_accuracy_vs_time.png")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", choices=sorted(BASES), default="minilm")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--quick", action="store_true", help="small zoo and budgets (minutes)")
+    parser.add_argument(
+        "--config", help='JSON overrides of LLMBenchConfig, e.g. \'{"meta": {"num_outer_steps": 1200}}\''
+    )
+    parser.add_argument("--out-dir", default=str(RESULTS), help="where llm_<base>.json/.md/.png go")
+    parser.add_argument("--progress", action="store_true")
+    parser.add_argument("--report", action="store_true", help="only redraw the .md and .png from the results JSON")
+    args = parser.parse_args()
+    stem = Path(args.out_dir) / f"llm_{args.base}{'_quick' if args.quick else ''}"
+    if args.report:
+        record = json.loads(stem.with_suffix(".json").read_text())
+        write_report(record["runs"], stem, TITLES[args.base], record["command"])
+        print(stem.with_suffix(".md").read_text())
+        return
+    overrides = merge(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
+    config = LLMBenchConfig.for_base(args.base, overrides)
+    command = "python benchmarks/llm.py " + " ".join(sys.argv[1:])
+    records = []
+    for seed in args.seeds:
+        start = time.perf_counter()
+        records.append(run_llm_benchmark(config, seed, args.progress))
+        print(f"seed {seed}: {json.dumps({k: round(v, 4) for k, v in records[-1]['accuracy'].items()})} "
+              f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
+        write_report(records, stem, TITLES[args.base], command)
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The LLM benchmark harness end to end on a tiny configuration of the real MiniLM setting."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from peft_mcdi.generator.model import McDiGenerator
+from peft_mcdi.llm.benchmark import LLMBenchConfig, run_llm_benchmark, steps_to_match
+from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize
+from peft_mcdi.pipeline import build_tasksets
+
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/wordnet/data.noun").is_file(), reason="wordnet-base not installed"
+)
+
+TINY = {
+    "num_train_tasks": 6,
+    "num_test_tasks": 2,
+    "recorder": {"num_epochs": 2},
+    "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
+    "hypernetwork_steps": 4,
+    "finetune_steps": 6,
+    "multitask": {"num_epochs": 0.05},
+    "seen_tasks": 2,
+    "latency_repeats": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return LLMBenchConfig.for_base("minilm", TINY)
+
+
+@pytest.fixture(scope="module")
+def record(config):
+    return run_llm_benchmark(config, seed=0)
+
+
+def test_every_method_is_measured_on_the_same_heldout_tasks(record):
+    expected = {"mcdi", "mvdi", "single_level", "hypernetwork", "prompted_base", "multitask_lora", "nearest_task",
+                "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
+    assert set(record["per_task"]) == expected
+    assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
+    assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head picks one class for every (balanced) test set
+
+
+def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):
+    # get_peft_model + adapt() with the trained generator: the same adapters as the pipeline's, hence the same scores
+    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
+    assert record["users_path"]["adapt_ms_median"]["generator"] > 0
+
+
+def test_finetuning_curve_retraces_the_zoo_reference_at_its_budget(record):
+    ft = record["finetune"]
+    budget = ft["budget_steps"]
+    assert budget == 4 and ft["steps"] == list(range(7))  # 2 epochs × 2 batches of 32; every step up to 6
+    assert ft["at"][str(budget)]["accuracy"] == pytest.approx(sum(record["per_task"]["per_task_reference"]) / 2)
+    assert ft["mean_seconds"] == sorted(ft["mean_seconds"]) and ft["mean_seconds"][0] == 0
+
+
+def test_steps_to_match_is_the_first_step_reaching_the_target(record):
+    assert steps_to_match([0, 1, 2], [0.5, 0.7, 0.9], [0.0, 0.1, 0.2], 0.7) == {"steps": 1, "seconds": 0.1}
+    assert steps_to_match([0, 1, 2], [0.5, 0.7, 0.9], [0.0, 0.1, 0.2], 0.95) == {"steps": "> 2", "seconds": None}
+    ft = record["finetune"]
+    for method, match in record["steps_to_match"].items():
+        target = sum(record["per_task"][method]) / 2
+        if isinstance(match["steps"], int):
+            i = ft["steps"].index(match["steps"])
+            assert ft["mean_accuracy"][i] >= target - 1e-9 and all(a < target for a in ft["mean_accuracy"][:i])
+
+
+def test_no_heldout_task_feeds_the_generator(config, record):
+    tasksets = build_tasksets(config.pipeline(0, "mcdi"))
+    generator = McDiGenerator.from_pretrained(Path(config.pipeline(0, "mcdi").output_dir) / "generator")
+    train = torch.stack([t.condition for t in tasksets.train])
+    assert torch.allclose(generator.train_conditions, train)
+    for task in tasksets.test:
+        assert torch.cdist(task.condition[None], train).min() > 1e-3
+    assert not {t.concept.synset for t in tasksets.test} & {t.concept.synset for t in tasksets.train}
+
+
+def test_rerun_reads_the_cached_record_and_the_report_renders(config, record, tmp_path):
+    assert run_llm_benchmark(config, seed=0) == json.loads(json.dumps(record))
+    summary = summarize([record])
+    text = markdown(summary, "tiny", "python benchmarks/llm.py --quick")
+    assert "| base model prompted with the description |" in text and "New descriptions of *seen*" in text
+    assert plot_accuracy_vs_time([record], tmp_path / "plot.png").stat().st_size > 1000
+    assert set(summary["seen_categories"]) == {"training_descriptions", "new_descriptions", "own_adapter"}
+
+
+def test_config_errors_name_the_argument():
+    with pytest.raises(ValueError, match="base must be one of"):
+        LLMBenchConfig.for_base("gpt2")
+    with pytest.raises(ValueError, match="variants must include 'mcdi'"):
+        LLMBenchConfig(variants=["mvdi"])
+    smol = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 7}})
+    assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (48, 4, 7)
+    assert smol.meta.samples_per_task == 8  # nested overrides merge key by key
