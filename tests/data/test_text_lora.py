@@ -119,3 +119,25 @@ def test_collection_on_a_4bit_base_trains_every_lora_layer():
     assert not frozen, f"{len(frozen)} LoRA tensors got no gradient, e.g. {frozen[:2]}"
     with pytest.raises(ValueError, match="load_in_4bit"):
         build_peft_model("minilm", r=2, target_modules=["query"], load_in_4bit=True)
+
+
+def test_prompted_inputs_pair_the_description_with_the_word(shared):
+    batch = shared.batch([("apple", 1)], ["Does the word name a kind of fruit?"])
+    text = shared.tokenizer.decode(batch["input_ids"][0], skip_special_tokens=True)
+    assert text == "does the word name a kind of fruit? apple" and batch["token_type_ids"][0].max() == 1
+    assert torch.equal(
+        shared.batch([("apple", 1)])["input_ids"][0], shared.tokenizer("apple", return_tensors="pt")["input_ids"][0]
+    )
+
+
+def test_multitask_lora_learns_from_prompted_examples(shared):
+    from peft_mcdi.baselines.multitask_lora import MultiTaskLoRAConfig, train_multitask_lora
+
+    task = fruit_task(shared)
+    params, info = train_multitask_lora([task], MultiTaskLoRAConfig(num_epochs=8, batch_size=8, lr=1e-2))
+    assert info["steps"] == 24 and set(params) == set(shared.theta0)
+    assert task.prompted_accuracy(shared.theta0) == 0.5 and task.prompted_accuracy(params) >= 0.9
+    with pytest.raises(ValueError, match="num_epochs > 0"):
+        MultiTaskLoRAConfig(num_epochs=0)
+    with pytest.raises(ValueError, match="at least one training task"):
+        train_multitask_lora([], MultiTaskLoRAConfig())
