@@ -106,18 +106,24 @@ class SharedCausalLoRAModel(SharedLoRAModel):
     TEMPLATE = "Word: {word}\nAnswer:"
     LABEL_WORDS = (" no", " yes")
 
-    def __init__(self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32) -> None:
+    def __init__(
+        self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None
+    ) -> None:
         super().__init__(peft_model, tokenizer, init_seed, max_length)
+        self.template = template or self.TEMPLATE
+        if "{word}" not in self.template:
+            raise ValueError(f"template must contain '{{word}}' (where the example goes), got {self.template!r}.")
         ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.LABEL_WORDS]
         if any(len(i) != 1 for i in ids):
             raise ValueError(f"label words {self.LABEL_WORDS} must be single tokens for this tokenizer, got {ids}.")
         self.label_ids = torch.tensor([i[0] for i in ids])
         self.tokenizer.padding_side = "left"  # every answer is read at the last position
+        self.tokenizer.truncation_side = "left"  # a long example loses its start, never the answer position
         if self.tokenizer.pad_token is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
 
     def texts(self, words: list[str]) -> list[str]:
-        return [self.TEMPLATE.format(word=w) for w in words]
+        return [self.template.format(word=w) for w in words]
 
     @staticmethod
     def _with_positions(enc) -> dict[str, torch.Tensor]:
@@ -238,37 +244,72 @@ def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> int:
     return changed
 
 
+# Short names of the bases this project runs offline: (Hub id, PEFT task type).
+KNOWN_BASES = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "SEQ_CLS"), "smollm2": (None, "CAUSAL_LM")}
+
+
 def build_peft_model(
-    base: str, r: int, target_modules: list[str], seed: int = 0, load_in_4bit: bool = False, **config_kwargs
+    base: str,
+    r: int,
+    target_modules: list[str],
+    seed: int = 0,
+    load_in_4bit: bool = False,
+    task_type: str | None = None,
+    **config_kwargs,
 ):
-    """A fresh MCDI ``PeftModel`` and its tokenizer on ``base`` ("minilm" or "smollm2"), the layout the WordNet task
-    families train and the README path adapts. ``load_in_4bit`` loads the causal LM's weights in nf4 with
-    bitsandbytes (QLoRA-style; the LoRA stays float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the
-    generator)."""
+    """A fresh MCDI ``PeftModel`` and its tokenizer. ``base`` is "minilm" (a 2-way sequence classifier on
+    all-MiniLM-L6-v2, the WordNet main setting), "smollm2" (SmolLM2-135M-Instruct as a causal LM), or any Hub id or
+    local folder (``task_type`` "CAUSAL_LM", the default, or "SEQ_CLS") — the full-scale configurations use the same
+    path. ``load_in_4bit`` loads a causal LM's weights in nf4 with bitsandbytes (QLoRA-style; the LoRA stays
+    float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from peft_mcdi.data.offline_models import SMOLLM2_HUB_ID, resolve_pretrained
-    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER
     from peft_mcdi.tuners.mcdi import McDiConfig
 
-    if load_in_4bit and base != "smollm2":
-        raise ValueError(f"load_in_4bit is supported for the causal-LM base 'smollm2' only, got base={base!r}.")
+    hub_id, default_type = KNOWN_BASES.get(base, (base, "CAUSAL_LM"))
+    hub_id = SMOLLM2_HUB_ID if base == "smollm2" else hub_id
+    task_type = task_type or default_type
+    if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
+        raise ValueError(f"task_type must be 'CAUSAL_LM' or 'SEQ_CLS', got {task_type!r}.")
+    if load_in_4bit and task_type != "CAUSAL_LM":
+        raise ValueError(f"load_in_4bit is supported for causal-LM bases only, got base={base!r} ({task_type}).")
     torch.manual_seed(seed)
-    if base == "minilm":
-        hub_id, task_type = DEFAULT_TEXT_ENCODER, "SEQ_CLS"
+    if task_type == "SEQ_CLS":
         model = AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(hub_id), num_labels=2)
-    elif base == "smollm2":
-        hub_id, task_type = SMOLLM2_HUB_ID, "CAUSAL_LM"
+    else:
         quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
         model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32, **quantized)
         keep_4bit_layers_trainable_on_cpu(model)
-    else:
-        raise ValueError(f"base must be 'minilm' or 'smollm2', got {base!r}.")
     config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
     peft_model = get_peft_model(model, config)
     peft_model.peft_config["default"].base_model_name_or_path = hub_id  # not the offline copy's local path
     return peft_model, AutoTokenizer.from_pretrained(resolve_pretrained(hub_id))
+
+
+def shared_model(peft_model, tokenizer, init_seed: int = 0, **kwargs) -> SharedLoRAModel:
+    """The shared task model of ``peft_model``'s task type: label words for a causal LM, its head otherwise.
+    ``kwargs`` (``max_length``, and ``template`` for causal LMs) go to its constructor."""
+    task_type = str(peft_model.peft_config["default"].task_type)
+    cls = SharedCausalLoRAModel if task_type.endswith("CAUSAL_LM") else SharedLoRAModel
+    if cls is SharedLoRAModel:
+        kwargs.pop("template", None)
+    return cls(peft_model, tokenizer, init_seed=init_seed, **kwargs)
+
+
+def text_tasksets(shared: SharedLoRAModel, concepts: dict[str, list[ConceptTask]], batch_size: int, name: str):
+    """Train/test ``TaskSets`` of ``ConceptTask``s on one shared model; conditions are MiniLM sentence embeddings
+    of the descriptions."""
+    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
+
+    encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
+    splits = {}
+    for split, items in concepts.items():
+        conditions = encoder.encode([t.description for t in items])
+        tasks = [ConceptLoRATask(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
+        splits[split] = TaskSet(tasks, f"{name}/{split}")
+    return TaskSets(splits["train"], splits["test"])
 
 
 def _wordnet_tasksets(
@@ -282,10 +323,7 @@ def _wordnet_tasksets(
     batch_size: int,
     load_in_4bit: bool = False,
 ) -> TaskSets:
-    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
-
     peft_model, tokenizer = build_peft_model(base, r, target_modules, seed, load_in_4bit=load_in_4bit)
-    shared = (SharedCausalLoRAModel if base == "smollm2" else SharedLoRAModel)(peft_model, tokenizer, init_seed=seed)
     concepts = build_concept_tasks(
         WordNetTaskConfig(
             num_heldout=num_test_tasks,
@@ -295,13 +333,7 @@ def _wordnet_tasksets(
             seed=seed,
         )
     )
-    encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
-    splits = {}
-    for split, items in concepts.items():
-        conditions = encoder.encode([t.description for t in items])
-        tasks = [ConceptLoRATask(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
-        splits[split] = TaskSet(tasks, f"wordnet-{base}/{split}")
-    return TaskSets(splits["train"], splits["test"])
+    return text_tasksets(shared_model(peft_model, tokenizer, init_seed=seed), concepts, batch_size, f"wordnet-{base}")
 
 
 @register_tasksets("wordnet-minilm")
