@@ -210,6 +210,17 @@ class ConceptLoRATask(Task):
             return (scores.argmax(-1) == self._test["labels"]).float().mean()
         return torch.stack([self.evaluate({k: v[j] for k, v in params.items()}) for j in range(first.shape[0])])
 
+    @torch.no_grad()
+    def roc_auc(self, params: dict[str, torch.Tensor]) -> float:
+        """Area under the ROC curve of the score margin (yes − no) on the test examples: how well ``params`` ranks
+        positives above negatives whatever its threshold. Accuracy 0.5 with an AUC well above 0.5 means a
+        miscalibrated adapter (one class for everything), an AUC of 0.5 one that carries no signal."""
+        scores = self.shared.scores(params, self._test)
+        margin, labels = scores[:, 1] - scores[:, 0], self._test["labels"].bool()
+        pos, neg = margin[labels], margin[~labels]
+        wins = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+        return float(wins.mean())
+
     def zero_shot_accuracy(self) -> float:
         """Test accuracy of the base model told the task in words (no adapter): the prompted baseline."""
         return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)

@@ -227,12 +227,14 @@ def users_path(config: LLMBenchConfig, generator_dir: Path, tasksets, seed: int)
 
     info, batched_seconds, peak_mb = measured(lambda: model.adapt(descriptions, adapter_names=names, seed=0))
     with_adapter = [float(t.evaluate(written(n))) for n, t in zip(names, tasks)]
+    auc = [t.roc_auc(written(n)) for n, t in zip(names, tasks)]
     examples = [t.shared.selection_examples(t.concept.val) for t in tasks]
     model.adapt(descriptions, adapter_names=names, seed=0, num_samples=8, examples=examples)
     best_of_8 = [float(t.evaluate(written(n))) for n, t in zip(names, tasks)]
     single = [model.adapt(descriptions[0], adapter_names=names[0], seed=0) for _ in range(config.latency_repeats)]
     return {
         "with_adapter": with_adapter,
+        "with_adapter_auc": auc,
         "best_of_8": best_of_8,
         "adapt_ms_median": {
             "encoder": statistics.median(i.encoder_ms for i in single),
@@ -267,8 +269,13 @@ def seen_categories(generator_dir: Path, store: ZooStore, tasks) -> dict:
     return {
         "training_descriptions": accuracy(torch.stack([t.condition for t in tasks])),
         "new_descriptions": accuracy(paraphrases),
-        "own_adapter": [float(t.evaluate({n: v[-1] for n, v in store.read(t.task_id).params.items()})) for t in tasks],
+        "own_adapter": [float(t.evaluate(final(store, t))) for t in tasks],
     }
+
+
+def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
+    """A task's adapter at the end of its zoo trajectory (the per-task reference at its budget)."""
+    return {n: v[-1] for n, v in store.read(task.task_id).params.items()}
 
 
 def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False, log=print) -> dict:
@@ -318,12 +325,14 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     }
     user = users_path(config, run_folder / "generator", tasksets, seed)
     store = ZooStore(zoo)
+    reference_auc = [t.roc_auc(final(store, t)) for t in tasks]
     seen = seen_categories(run_folder / "generator", store, list(tasksets.train)[: config.seen_tasks])
     record = {
         "seed": seed,
         "task_ids": [t.task_id for t in tasks],
         "per_task": per_task,
         "accuracy": {m: statistics.fmean(v) for m, v in per_task.items()},
+        "roc_auc": {"mcdi": user["with_adapter_auc"], "per_task_reference": reference_auc},
         "finetune": finetune,
         "steps_to_match": match,
         "users_path": user,

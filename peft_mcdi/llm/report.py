@@ -57,6 +57,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
         "finetune_tasks": records[0]["finetune"]["tasks"],
         "budget_steps": records[0]["finetune"]["budget_steps"],
         "steps_to_match": {m: [r["steps_to_match"][m] for r in records] for m in methods},
+        "roc_auc": {m: _stat([statistics.fmean(r["roc_auc"][m]) for r in records]) for m in records[0]["roc_auc"]},
         "with_adapter_best_of_8": _stat([statistics.fmean(u["best_of_8"]) for u in user]),
         "adapt_ms_median": {
             part: statistics.median(u["adapt_ms_median"][part] for u in user) for part in ("encoder", "generator")
@@ -105,6 +106,13 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     lines.append(
         f"| Mc-Di, best of 8 samples on 32 validation examples | {_fmt(summary['with_adapter_best_of_8'])} | |"
     )
+    auc = summary["roc_auc"]
+    lines += [
+        "",
+        f"Ranking quality, threshold-free (ROC AUC of the yes − no margin, %): Mc-Di {_fmt(auc['mcdi'])}, per-task "
+        f"reference {_fmt(auc['per_task_reference'])}. An accuracy near 50 with an AUC well above 50 is a "
+        "miscalibrated adapter (one class for every word); an AUC near 50 carries no signal.",
+    ]
     lines += [
         "",
         f"Per-task fine-tuning from θ₀ (the zoo's Adam+SAM recipe, {summary['finetune_tasks']} held-out tasks; its "

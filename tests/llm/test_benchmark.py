@@ -51,6 +51,7 @@ def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):
     # get_peft_model + adapt() with the trained generator: the same adapters as the pipeline's, hence the same scores
     assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
     assert record["users_path"]["adapt_ms_median"]["generator"] > 0
+    assert all(0 <= a <= 1 for a in record["roc_auc"]["mcdi"] + record["roc_auc"]["per_task_reference"])
 
 
 def test_finetuning_curve_retraces_the_zoo_reference_at_its_budget(record):
