@@ -60,6 +60,7 @@ class HeadGenerator:
         }
         self.num_samples = num_samples
         self.last_generation_ms: float | None = None
+        self.last_condition: torch.Tensor | None = None  # the prototypes of the last call, (E, N, d)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> HeadGenerator:
@@ -110,6 +111,7 @@ class HeadGenerator:
         draws = [s * n + j for s in seeds for j in range(n)]  # episode-major: (E·n,)
         heads = self.generator.generate(condition.repeat_interleave(n, 0), seed=draws, **self.sample_kwargs)
         heads = {k: v.unflatten(0, (E, n)).mean(1) for k, v in heads.items()}
+        self.last_condition = condition
         self.last_generation_ms = (time.perf_counter() - start) * 1e3
         return heads
 

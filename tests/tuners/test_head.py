@@ -56,7 +56,7 @@ def test_errors_name_the_problem(model, tmp_path):
     with pytest.raises(ValueError, match="no method 'embed'"):
         McDiHeadModel(Backbone(), McDiHeadConfig(feature_method="embed"), generator=head_generator())
     with pytest.raises(ValueError, match="needs a generator"):
-        McDiHeadModel(Backbone(), McDiHeadConfig())
+        McDiHeadModel(Backbone(), McDiHeadConfig()).adapt(images(3), torch.tensor([0, 1, 2]))
     with pytest.raises(ValueError, match="sampler must be one of"):
         McDiHeadConfig(sampler="euler")
     with pytest.raises(FileNotFoundError, match="head_config.json is missing"):

@@ -45,8 +45,6 @@ class McDiHeadModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, config: McDiHeadConfig, generator: HeadGenerator | None = None) -> None:
         super().__init__()
-        if generator is None and config.generator_name_or_path is None:
-            raise ValueError("McDiHeadModel needs a generator: pass one or set config.generator_name_or_path.")
         method = config.feature_method
         if method != "forward" and not callable(getattr(backbone, method, None)):
             raise ValueError(
@@ -61,7 +59,10 @@ class McDiHeadModel(nn.Module):
 
     @property
     def generator(self) -> HeadGenerator:
+        """The head generator, loaded on first use: heads loaded by :meth:`from_pretrained` classify without it."""
         if self._generator is None:
+            if self.config.generator_name_or_path is None:
+                raise ValueError("McDiHeadModel needs a generator: pass one or set config.generator_name_or_path.")
             self._generator = HeadGenerator.from_pretrained(
                 self.config.generator_name_or_path,
                 revision=self.config.generator_revision,
@@ -103,8 +104,7 @@ class McDiHeadModel(nn.Module):
         backbone_ms = (time.perf_counter() - start) * 1e3
         gen = self.generator
         head = gen.generate_head(feats, support_labels, num_classes, seed=self.config.seed)
-        condition = gen.conditions(feats, support_labels, num_classes)
-        distance = float(gen.generator.nearest_training_distance(condition)[0])
+        distance = float(gen.generator.nearest_training_distance(gen.last_condition)[0])
         self.heads[adapter_name] = head
         self.class_names[adapter_name] = class_names
         self.active_adapter = adapter_name
@@ -150,10 +150,8 @@ class McDiHeadModel(nn.Module):
                 raise FileNotFoundError(f"{folder} is not a McDiHeadModel folder: {name} is missing.")
         meta = json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8"))
         config = McDiHeadConfig.from_dict(meta["config"])
-        model = cls.__new__(cls)
-        nn.Module.__init__(model)
-        model.backbone, model.config, model._generator = backbone.eval().requires_grad_(False), config, generator
-        model.heads, model.class_names = nn.ModuleDict(), dict(meta["class_names"])
+        model = cls(backbone, config, generator)
+        model.class_names = dict(meta["class_names"])
         try:
             state = load_file(folder / WEIGHTS_NAME)
         except Exception as err:
