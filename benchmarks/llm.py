@@ -24,8 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.llm.benchmark import BASES, LLMBenchConfig, merge, run_llm_benchmark  # noqa: E402
+from peft_mcdi.llm.benchmark import BASES, LLMBenchConfig, run_llm_benchmark  # noqa: E402
 from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
+from peft_mcdi.utils import merged  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
@@ -75,7 +76,7 @@ def main() -> None:
         write_report(record["runs"], stem, TITLES[args.base], record["command"])
         print(stem.with_suffix(".md").read_text())
         return
-    overrides = merge(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
+    overrides = merged(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
     config = LLMBenchConfig.for_base(args.base, overrides)
     command = "python benchmarks/llm.py " + " ".join(sys.argv[1:])
     records = []

@@ -24,6 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peft_mcdi.utils import merged  # noqa: E402
 from peft_mcdi.vision.benchmark import VisionBenchConfig, run_vision_benchmark  # noqa: E402
 from peft_mcdi.vision.report import markdown, summarize, write_pictures  # noqa: E402
 from peft_mcdi.vision.suites import DG_DOMAINS  # noqa: E402
@@ -46,14 +47,6 @@ QUICK = {  # minutes instead of hours; same code paths
     "bench": {"meta": {"num_outer_steps": 300}, "budgets": [150], "hypernetwork_steps": 300,
               "reptile": {"outer_steps": 100}, "latency_repeats": 10, "curve_episodes": 50},
 }  # fmt: skip
-
-
-def merged(base: dict, overrides: dict) -> dict:
-    """``overrides`` applied on top of ``base``, nested dicts key by key."""
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merged(base[key], value) if isinstance(value, dict) and isinstance(base.get(key), dict) else value
-    return out
 
 
 def bench_config(args) -> VisionBenchConfig:

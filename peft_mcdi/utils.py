@@ -39,6 +39,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
+def merged(base: Mapping, overrides: Mapping) -> dict:
+    """``base`` with ``overrides`` applied; nested dicts merge key by key (JSON/CLI overrides of nested configs)."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = (
+            merged(out[key], value) if isinstance(value, Mapping) and isinstance(out.get(key), Mapping) else value
+        )
+    return out
+
+
 def stable_hash(obj, length: int = 16) -> str:
     """Hash of a JSON-serialisable object, independent of dict order: keys the caches of SPEC §3.1."""
     blob = json.dumps(obj, sort_keys=True, default=str).encode()

@@ -30,7 +30,7 @@ from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
 from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_tasksets, run_pipeline
 from peft_mcdi.plots import finetune_curve
-from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
+from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, merged, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig
 from peft_mcdi.zoo.store import ZooStore
 
@@ -120,8 +120,8 @@ class LLMBenchConfig(DictConfigMixin):
         """The defaults of ``base`` (e.g. SmolLM2's smaller zoo), then ``overrides`` (nested dicts merge)."""
         if base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {base!r}.")
-        merged = merge(merge(cls().to_dict(), BASES[base]["defaults"]), overrides or {})
-        return cls(**{**merged, "base": base})
+        config = merged(merged(cls().to_dict(), BASES[base]["defaults"]), overrides or {})
+        return cls(**{**config, "base": base})
 
     def pipeline(self, seed: int, variant: str) -> PipelineConfig:
         """The pipeline run of one generator variant; every variant shares the zoo (same task family, recorder)."""
@@ -143,14 +143,6 @@ class LLMBenchConfig(DictConfigMixin):
         )
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{stable_hash(config.to_dict())}")
         return config
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    """``base`` with ``overrides`` applied; nested dicts merge key by key."""
-    out = dict(base)
-    for key, value in overrides.items():
-        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def run_variant(config: PipelineConfig, progress: bool, log=print) -> dict:
