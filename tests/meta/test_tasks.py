@@ -7,8 +7,8 @@ from peft_mcdi.meta.tasks import TaskSet, get_tasksets
 def test_unknown_taskset_lists_the_valid_names():
     with pytest.raises(
         ValueError,
-        match=r"unknown task set 'omniglot'; valid names: \['glyphs-fewshot', 'logistic', 'vision-dg', "
-        r"'vision-transfer', 'wordnet-minilm', 'wordnet-smollm2'\]",
+        match=r"unknown task set 'omniglot'; valid names: \['glyphs-fewshot', 'hub-binary', 'logistic', "
+        r"'vision-dg', 'vision-transfer', 'wordnet-minilm', 'wordnet-smollm2'\]",
     ):
         get_tasksets("omniglot")
 
