@@ -116,7 +116,9 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     lines += [
         "",
         f"Per-task fine-tuning from θ₀ (the zoo's Adam+SAM recipe, {summary['finetune_tasks']} held-out tasks; its "
-        f"budget is {summary['budget_steps']} steps), optimisation time only:",
+        f"budget is {summary['budget_steps']} steps), optimisation time only. The curves are cached, so their "
+        "times are those of the run that computed them, under that run's machine load; `adapt()` is timed in the "
+        "run that wrote this page — the ratio is indicative:",
         "",
         "| steps | accuracy | ms (median over seeds) | × Mc-Di adapt() time |",
         "|---:|---|---:|---:|",
