@@ -1,0 +1,108 @@
+"""Why the WordNet LoRA generators fail: what in a trained adapter carries its accuracy, and how task-specific it is.
+
+On the zoo of ``benchmarks/llm.py`` (same configuration and seed): (1) training tasks' own adapters evaluated whole,
+with only their head (LoRA back at θ₀; A alone does nothing while B = 0) and with B + head (A back at θ₀); (2) how far
+each part moved from θ₀ against θ₀'s own scale; (3) how much of the task deltas is shared across tasks, and how
+aligned the rest is; (4) a ridge regression from the description embedding to the head alone (LoRA at θ₀), on
+held-out tasks — what a description-to-weights map can carry when it only has to produce the 385 numbers that matter
+most.
+
+    python benchmarks/llm_adapter_anatomy.py --base minilm --seed 0
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.llm.benchmark import LLMBenchConfig  # noqa: E402
+from peft_mcdi.pipeline import build_tasksets, zoo_folder  # noqa: E402
+from peft_mcdi.zoo.store import ZooStore  # noqa: E402
+
+
+def part(name: str) -> str:
+    return "lora_A" if "lora_A" in name else "lora_B" if "lora_B" in name else "head"
+
+
+def with_head(task, row: torch.Tensor) -> dict[str, torch.Tensor]:
+    """θ₀ with a 2-way head whose rows are ±row[:-1] and biases ±row[-1] (trained heads are antisymmetric)."""
+    params = task.init_params()
+    params["classifier.weight"] = torch.stack([-row[:-1], row[:-1]])
+    params["classifier.bias"] = torch.stack([-row[-1], row[-1]])
+    return params
+
+
+@torch.no_grad()
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="minilm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--tasks", type=int, default=40, help="training tasks whose own adapters are dissected")
+    parser.add_argument("--ridge", type=float, default=1.0)
+    args = parser.parse_args()
+    config = LLMBenchConfig.for_base(args.base)
+    pipeline = config.pipeline(args.seed, "mcdi")
+    tasksets = build_tasksets(pipeline)
+    store = ZooStore(zoo_folder(pipeline)[0])
+    train = list(tasksets.train)
+    final = {t.task_id: {n: v[-1] for n, v in store.read(t.task_id).params.items()} for t in train}
+
+    rows = {"whole": [], "head only": [], "B + head": []}
+    aucs = {"whole": [], "head only": []}
+    for task in train[: args.tasks]:
+        theta0, own = task.init_params(), final[task.task_id]
+        for label, keep in (("whole", {"lora_A", "lora_B", "head"}), ("head only", {"head"}),
+                            ("B + head", {"lora_B", "head"})):  # fmt: skip
+            params = {n: own[n] if part(n) in keep else theta0[n] for n in own}
+            rows[label].append(float(task.evaluate(params)))
+            if label in aucs:
+                aucs[label].append(task.roc_auc(params))
+    theta0 = train[0].init_params()
+    deltas = torch.stack([torch.cat([(final[t.task_id][n] - theta0[n]).flatten() for n in theta0]) for t in train])
+    scale = {}
+    for p in ("lora_A", "lora_B", "head"):
+        names = [n for n in theta0 if part(n) == p]
+        d = torch.cat([(final[t.task_id][n] - theta0[n]).flatten() for t in train for n in names])
+        base = torch.cat([theta0[n].flatten() for n in names])
+        scale[p] = {"numel": sum(theta0[n].numel() for n in names), "delta_rms": float(d.pow(2).mean().sqrt()),
+                    "theta0_rms": float(base.pow(2).mean().sqrt())}  # fmt: skip
+    mean = deltas.mean(0)
+    centred = torch.nn.functional.normalize(deltas - mean, dim=1)
+    cos = (centred @ centred.T).abs()
+    n = len(train)
+
+    conditions = torch.stack([t.condition for t in train]).float()
+    heads = torch.stack([torch.cat([final[t.task_id]["classifier.weight"][1], final[t.task_id]["classifier.bias"][1:]])
+                         for t in train])  # fmt: skip
+    xm, ym = conditions.mean(0), heads.mean(0)
+    xc = conditions - xm
+    w = torch.linalg.solve(xc.T @ xc + args.ridge * torch.eye(xc.shape[1]), xc.T @ (heads - ym))
+    ridge = [with_head(t, (t.condition.float() - xm) @ w + ym) for t in tasksets.test]
+    record = {
+        "command": "python benchmarks/llm_adapter_anatomy.py " + " ".join(sys.argv[1:]),
+        "zoo": str(zoo_folder(pipeline)[0]),
+        "own_adapters_accuracy": {k: statistics.fmean(v) for k, v in rows.items()},
+        "own_adapters_roc_auc": {k: statistics.fmean(v) for k, v in aucs.items()},
+        "num_tasks_dissected": len(rows["whole"]),
+        "scale": scale,
+        "delta_energy_shared_across_tasks": float(mean.pow(2).sum() * n / deltas.pow(2).sum()),
+        "mean_abs_cos_centred_deltas": float((cos.sum() - n) / (n * (n - 1))),
+        "ridge_head_from_description": {
+            "lambda": args.ridge,
+            "heldout_accuracy": statistics.fmean(float(t.evaluate(p)) for t, p in zip(tasksets.test, ridge)),
+            "heldout_roc_auc": statistics.fmean(t.roc_auc(p) for t, p in zip(tasksets.test, ridge)),
+        },
+    }
+    out = Path(__file__).with_name("results") / f"llm_{args.base}_anatomy.json"
+    out.write_text(json.dumps(record, indent=1))
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
