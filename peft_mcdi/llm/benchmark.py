@@ -30,7 +30,7 @@ from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
 from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_tasksets, run_pipeline
 from peft_mcdi.plots import finetune_curve
-from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, merged, stable_hash
+from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, cache_root, merged, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig
 from peft_mcdi.zoo.store import ZooStore
 
@@ -149,13 +149,21 @@ def run_variant(config: PipelineConfig, progress: bool, log=print) -> dict:
     """A generator variant's pipeline results (read back when that exact configuration already finished)."""
     path = Path(config.output_dir) / "results.json"
     if path.is_file():
-        return json.loads(path.read_text())
+        return _read_json(path)
     return run_pipeline(config, progress=progress, log=log)
+
+
+def _read_json(path: Path) -> dict:
+    """A cached JSON file; a truncated or corrupt one is an error naming it (delete it to recompute that stage)."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is corrupt ({err}); delete it to recompute that stage.") from err
 
 
 def _cached_json(path: Path, compute) -> dict:
     if path.is_file():
-        return json.loads(path.read_text())
+        return _read_json(path)
     value = compute()
     atomic_write_text(path, json.dumps(value))
     return value
@@ -167,12 +175,15 @@ def multitask_lora(tasksets, config: MultiTaskLoRAConfig, folder: Path, log=prin
     key = stable_hash({"multitask": config.to_dict(), "train": [t.task_id for t in tasksets.train]})
     weights, info_path = folder / f"multitask-{key}.safetensors", folder / f"multitask-{key}.json"
     if weights.is_file() and info_path.is_file():
-        params, info = load_file(str(weights)), json.loads(info_path.read_text())
+        try:
+            params = load_file(str(weights))
+        except Exception as err:
+            raise ValueError(f"{weights} is corrupt ({err}); delete it to retrain the multi-task LoRA.") from err
+        info = _read_json(info_path)
     else:
         params, info = train_multitask_lora(list(tasksets.train), config)
         folder.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.contiguous() for k, v in params.items()}, str(weights) + ".tmp")
-        Path(str(weights) + ".tmp").replace(weights)
+        atomic_write(weights, lambda tmp: save_file({k: v.contiguous() for k, v in params.items()}, tmp))
         atomic_write_text(info_path, json.dumps(info))
         log(f"multi-task LoRA: {info['steps']} steps in {info['seconds']:.0f} s, final loss {info['final_loss']:.3f}")
     return {"per_task": [t.prompted_accuracy(params) for t in tasksets.test], "train": info}
@@ -275,7 +286,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     record is cached by configuration and seed; each stage inside resumes from its own cache."""
     record_path = cache_root() / "runs" / f"llm-{config.base}-{stable_hash([config.to_dict(), seed])}.json"
     if record_path.is_file():
-        return json.loads(record_path.read_text())
+        return _read_json(record_path)
     start = time.perf_counter()
     results = {v: run_variant(config.pipeline(seed, v), progress, log) for v in config.variants}
     mcdi_config = config.pipeline(seed, "mcdi")

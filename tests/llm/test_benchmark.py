@@ -92,6 +92,16 @@ def test_rerun_reads_the_cached_record_and_the_report_renders(config, record, tm
     assert set(summary["seen_categories"]) == {"training_descriptions", "new_descriptions", "own_adapter"}
 
 
+def test_a_corrupt_cached_stage_is_reported(tmp_path):
+    from peft_mcdi.llm.benchmark import _cached_json
+
+    path = tmp_path / "stage.json"
+    assert _cached_json(path, lambda: {"a": 1}) == {"a": 1} and _cached_json(path, lambda: {"a": 2}) == {"a": 1}
+    path.write_text('{"a": ')
+    with pytest.raises(ValueError, match="stage.json is corrupt.*delete it to recompute"):
+        _cached_json(path, lambda: {"a": 3})
+
+
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="base must be one of"):
         LLMBenchConfig.for_base("gpt2")
