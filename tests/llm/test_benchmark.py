@@ -110,3 +110,5 @@ def test_config_errors_name_the_argument():
     smol = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 7}})
     assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (48, 4, 7)
     assert smol.meta.samples_per_task == 8  # nested overrides merge key by key
+    assert smol.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16 and smol.recorder.num_epochs == 30
+    assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
