@@ -54,6 +54,13 @@ class PipelineConfig(DictConfigMixin):
     )
     loss_variant: str = field(default="mcdi", metadata={"help": "'mcdi' or 'twdi'."})
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout for guidance."})
+    loss_tensor_weights: dict[str, float] = field(
+        default_factory=dict,
+        metadata={
+            "help": "Glob pattern → relative loss weight of those tensors (GeneratorConfig).",
+            "omit_default": True,
+        },
+    )
     meta: MetaTrainConfig = field(
         default_factory=lambda: MetaTrainConfig(num_outer_steps=2000, samples_per_task=16),
         metadata={"help": "Meta-training loop."},
@@ -68,14 +75,7 @@ class PipelineConfig(DictConfigMixin):
     zoo_dir: str | None = field(default=None, metadata={"help": "Zoo folder (default: cache, keyed by a hash)."})
 
     def __post_init__(self) -> None:
-        for name, cls in (
-            ("recorder", RecorderConfig),
-            ("scheduler", SchedulerConfig),
-            ("denoiser", DenoiserConfig),
-            ("meta", MetaTrainConfig),
-        ):
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, cls(**getattr(self, name)))
+        self.nested_from_dicts()
 
 
 def zoo_folder(config: PipelineConfig) -> tuple[Path, dict]:
@@ -213,6 +213,7 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
             denoiser=config.denoiser,
             loss_variant=config.loss_variant,
             condition_dropout=config.condition_dropout,
+            loss_tensor_weights=config.loss_tensor_weights,
             metadata=metadata,
         ),
         config.scheduler,
@@ -223,8 +224,9 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
     return generator, data
 
 
-def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accelerator=None) -> dict:
-    """Run every stage (each resumes from its cache) and return the results dictionary.
+def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accelerator=None, tasksets=None) -> dict:
+    """Run every stage (each resumes from its cache) and return the results dictionary. ``tasksets``: the split of
+    ``config``'s task family when the caller has already built it (variants sharing a zoo build it once).
 
     With an ``accelerate.Accelerator``, collection is sharded over its processes and each Reptile meta-batch is
     spread over them (one all-reduce per outer step, the same numbers as one process); the one-pass baseline, the
@@ -240,7 +242,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
         )
     if not is_main:
         log = _silent
-    tasksets = build_tasksets(config)
+    tasksets = tasksets if tasksets is not None else build_tasksets(config)
     store, by_process = prepare_zoo(config, tasksets, accelerator, progress, log)
     root, _ = zoo_folder(config)
     generator, data = build_generator(config, store, tasksets)

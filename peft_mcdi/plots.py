@@ -38,7 +38,7 @@ FIGSIZE = (5.6, 3.8)
 DPI = 100  # 560 × 380 pixels: small PNGs (tens of kB)
 
 
-def _figure(ncols: int = 1, size: tuple[float, float] = FIGSIZE):
+def new_figure(ncols: int = 1, size: tuple[float, float] = FIGSIZE):
     """A matplotlib Figure on the Agg canvas, and its axes."""
     try:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -51,7 +51,8 @@ def _figure(ncols: int = 1, size: tuple[float, float] = FIGSIZE):
     return fig, list(axes)
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
+    """Write ``fig`` as a small PNG at ``path`` (parents created); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=DPI)
@@ -89,7 +90,7 @@ def metric_vs_time_data(results: Mapping, extra_ms: Mapping[str, float] | None =
 def plot_metric_vs_time(data: Mapping, path: str | Path) -> Path:
     """Held-out metric (y) against the time to produce one task's weights (x, log scale); untimed baselines are
     dashed horizontal lines. ``data`` is :func:`metric_vs_time_data`'s."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     for name, (ms, value) in sorted(data["points"].items(), key=lambda kv: kv[1][0]):
         label = f"{_label(name)}: {ms:.3g} ms" + (" (timed by bench)" if name in data.get("extra", ()) else "")
         ax.scatter([ms], [value], s=50, color=COLORS.get(name), zorder=3, label=label)
@@ -105,7 +106,7 @@ def plot_metric_vs_time(data: Mapping, path: str | Path) -> Path:
                  fontsize=10)  # fmt: skip
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # --------------------------------------------------------------------------------------- (b) fine-tuning curves
@@ -177,7 +178,7 @@ def finetune_curves_data(
 def plot_finetune_curves(data: Mapping, path: str | Path, levels: Mapping[str, float] | None = None) -> Path:
     """Mean held-out metric while fine-tuning from θ₀ and from the generated weights, with the generated weights'
     metric (no gradient step) as a horizontal line; ``levels`` adds other methods' lines (same tasks)."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     steps = data["steps"]
     for curves, color in ((data["per_task_from_init"], COLORS["per_task_reference"]),
                           (data["per_task_from_generated"], COLORS["generated"])):  # fmt: skip
@@ -197,7 +198,7 @@ def plot_finetune_curves(data: Mapping, path: str | Path, levels: Mapping[str, f
     ax.set_title(f"fine-tuning on {n} held-out task{'s' * (n != 1)} (mean; thin: per task)", fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ------------------------------------------------------------------------------------- (c) PCA of sampling chains
@@ -253,7 +254,7 @@ def plot_sampling_pca(data: Mapping, path: str | Path) -> Path:
     (zoo); colour, solid: each held-out task's own fine-tuning trajectory (never seen by the generator); colour,
     dashed: its sampling chain; ◆ chain states at the Mc-Di boundaries b_i, ○ trajectory checkpoints at the local
     target epochs; ★ the generated weights (x_0)."""
-    fig, axes = _figure(2, (9.6, 4.2))
+    fig, axes = new_figure(2, (9.6, 4.2))
     palette = ["tab:red", "tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:brown", "tab:pink", "tab:olive"]
     steps = data["chain_timesteps"]
     # chain state s sits at diffusion step steps[s]; x_0 (the last state) is drawn as the star instead of a ◆
@@ -289,7 +290,7 @@ def plot_sampling_pca(data: Mapping, path: str | Path) -> Path:
         ax.grid(alpha=0.3)
     axes[0].plot([], [], color="0.7", lw=0.7, label="training tasks' trajectories (zoo)")
     axes[0].legend(fontsize=7, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------- results.md

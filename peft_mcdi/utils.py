@@ -7,7 +7,7 @@ import json
 import os
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 
@@ -82,5 +82,26 @@ class DictConfigMixin:
             raise ValueError(f"unknown {cls.__name__} keys {unknown}; allowed: {sorted(known)}.")
         return cls(**data)
 
+    def nested_from_dicts(self) -> None:
+        """Turn nested config fields given as dicts (JSON, YAML, ``--config`` overrides) into their config classes,
+        known from the field's default; ``from_dict`` names any unknown key. Call first in ``__post_init__``."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, dict) and f.default_factory is not MISSING:
+                default = f.default_factory()
+                if isinstance(default, DictConfigMixin):
+                    setattr(self, f.name, type(default).from_dict(value))
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        """``asdict``, less the fields marked ``metadata["omit_default"]`` while they hold their default. Those are
+        fields added after caches keyed by this dict were written: leaving them out at their default keeps every
+        earlier cache key (and so every finished zoo, generator and benchmark record) valid."""
+        data = asdict(self)
+        for f in fields(self):
+            if f.metadata.get("omit_default") and getattr(self, f.name) == _field_default(f):
+                del data[f.name]
+        return data
+
+
+def _field_default(f):
+    return f.default_factory() if f.default is MISSING else f.default

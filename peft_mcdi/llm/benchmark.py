@@ -87,6 +87,10 @@ class LLMBenchConfig(DictConfigMixin):
         metadata={"help": "Meta-training of every variant (matched compute); its seed is the benchmark seed."},
     )
     codec_normalization: str = field(default="tensor", metadata={"help": "'tensor' or 'element' statistics."})
+    loss_tensor_weights: dict[str, float] = field(
+        default_factory=dict,
+        metadata={"help": "Glob pattern → relative diffusion-loss weight of those tensors.", "omit_default": True},
+    )
     variants: list[str] = field(
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
@@ -105,14 +109,7 @@ class LLMBenchConfig(DictConfigMixin):
     latency_repeats: int = field(default=20, metadata={"help": "adapt() calls timed for the latency medians."})
 
     def __post_init__(self) -> None:
-        for name, cls in (
-            ("recorder", RecorderConfig),
-            ("denoiser", DenoiserConfig),
-            ("meta", MetaTrainConfig),
-            ("multitask", MultiTaskLoRAConfig),
-        ):
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, cls(**getattr(self, name)))
+        self.nested_from_dicts()
         if self.base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {self.base!r}.")
         unknown = sorted(set(self.variants) - set(VARIANTS))
@@ -147,17 +144,18 @@ class LLMBenchConfig(DictConfigMixin):
             meta=replace(self.meta, algorithm=spec["algorithm"], seed=seed),
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
             codec_normalization=self.codec_normalization,
+            loss_tensor_weights=self.loss_tensor_weights,
         )
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{stable_hash(config.to_dict())}")
         return config
 
 
-def run_variant(config: PipelineConfig, progress: bool, log=print) -> dict:
+def run_variant(config: PipelineConfig, tasksets, progress: bool, log=print) -> dict:
     """A generator variant's pipeline results (read back when that exact configuration already finished)."""
     path = Path(config.output_dir) / "results.json"
     if path.is_file():
         return _read_json(path)
-    return run_pipeline(config, progress=progress, log=log)
+    return run_pipeline(config, progress=progress, log=log, tasksets=tasksets)
 
 
 def _read_json(path: Path) -> dict:
@@ -295,10 +293,10 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     if record_path.is_file():
         return _read_json(record_path)
     start = time.perf_counter()
-    results = {v: run_variant(config.pipeline(seed, v), progress, log) for v in config.variants}
     mcdi_config = config.pipeline(seed, "mcdi")
+    tasksets = build_tasksets(mcdi_config)  # every variant's task split (same family and keywords)
+    results = {v: run_variant(config.pipeline(seed, v), tasksets, progress, log) for v in config.variants}
     run_folder = Path(mcdi_config.output_dir)
-    tasksets = build_tasksets(mcdi_config)
     tasks = list(tasksets.test)
     main = results["mcdi"]["per_task"]
     per_task = {v: results[v]["per_task"]["generated"] for v in config.variants}

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from peft_mcdi.plots import _figure, _save
+from peft_mcdi.plots import new_figure, save_figure
 
 
 LABELS = {
@@ -154,7 +154,7 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
 def plot_accuracy_vs_time(records: Sequence[Mapping], path: str | Path) -> Path:
     """Held-out accuracy against the time to an adapter: the mean fine-tuning curve (optimisation time) of each
     seed, generators at their ``adapt()`` time, the methods without a time of their own as horizontal lines."""
-    fig, (ax,) = _figure()
+    fig, (ax,) = new_figure()
     for i, r in enumerate(records):
         ft = r["finetune"]
         ms = [max(1e3 * s, 1e-1) for s in ft["mean_seconds"]]
@@ -178,4 +178,4 @@ def plot_accuracy_vs_time(records: Sequence[Mapping], path: str | Path) -> Path:
     ax.set_ylabel("held-out accuracy")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=6, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -55,6 +55,7 @@ def diffusion_loss(
     noise: LossNoise,
     variant: LossVariant = "mcdi",
     weighting: LossWeighting = "epsilon",
+    coordinate_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean loss of one task over the pre-drawn samples.
 
@@ -66,6 +67,8 @@ def diffusion_loss(
         weighting: ``"epsilon"`` divides the Mc-Di loss by (1−ᾱ_t), the target's variance. The minimiser is the same
             (it is a positive per-t constant); what changes is that k = 1 is *exactly* the vanilla loss and all
             variants are on the ε scale, so their curves compare. ``"paper"`` keeps the raw form of SPEC §3.3.
+        coordinate_weights: (D,) weights of the squared residual per coordinate, mean 1 (None: all 1). They change
+            which coordinates the denoiser spends its capacity on, not the minimiser of any one coordinate.
     """
     segments, timesteps, eps, drop = noise.as_tuple()
     x0 = targets[segments - 1]  # (n, D)
@@ -83,4 +86,7 @@ def diffusion_loss(
         residual = denoise(x_t, timesteps, drop) - eps
     else:
         raise ValueError(f"variant must be one of {LOSS_VARIANTS}, got {variant!r}.")
-    return residual.pow(2).mean()
+    squared = residual.pow(2)
+    if coordinate_weights is not None:
+        squared = squared * coordinate_weights.to(squared.dtype)
+    return squared.mean()

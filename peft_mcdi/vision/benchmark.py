@@ -88,10 +88,7 @@ class VisionBenchConfig(DictConfigMixin):
         return HeadGenerator(generator, self.sampler, self.num_inference_steps, self.guidance_scale, self.num_samples)
 
     def __post_init__(self) -> None:
-        for name, cls in (("recorder", RecorderConfig), ("denoiser", DenoiserConfig), ("meta", MetaTrainConfig),
-                          ("reptile", ReptileHeadConfig)):  # fmt: skip
-            if isinstance(getattr(self, name), dict):
-                setattr(self, name, cls(**getattr(self, name)))
+        self.nested_from_dicts()
         unknown = sorted(set(self.variants) - set(VARIANTS))
         if unknown:
             raise ValueError(f"unknown variants {unknown}; valid: {list(VARIANTS)}.")

@@ -96,8 +96,7 @@ class SuiteConfig(DictConfigMixin):
     settings: list[str] | None = field(default=None, metadata={"help": "Test settings to build (default: all)."})
 
     def __post_init__(self) -> None:
-        if isinstance(self.train_episodes, dict):
-            self.train_episodes = EpisodeConfig(**self.train_episodes)
+        self.nested_from_dicts()
         if self.num_train_tasks < 1 or self.num_test_tasks < 1:
             raise ValueError(
                 f"num_train_tasks and num_test_tasks must be >= 1, got {self.num_train_tasks}, {self.num_test_tasks}."

@@ -7,6 +7,7 @@ import yaml
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import WEIGHTS_NAME, GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.meta.losses import diffusion_loss, draw_loss_noise
 from tests.generator.test_codec import lora_shapes
 
 
@@ -136,12 +137,44 @@ def test_nearest_training_distance():
         ({"loss_variant": "ddpm"}, "loss_variant"),
         ({"condition_dropout": 1.5}, "condition_dropout"),
         ({"codec": {"shapes": {"w": [3]}, "row_tokens": True}}, "per_token_condition"),
+        ({"loss_tensor_weights": {"classifier.*": 2.0}}, "matches no tensor"),
+        ({"loss_tensor_weights": {"w": 0.0}}, "must be > 0"),
     ],
 )
 def test_bad_generator_config_names_the_argument(kwargs, match):
     base = {"codec": {"shapes": {"w": [3]}}}
     with pytest.raises(ValueError, match=match):
         GeneratorConfig(**{**base, **kwargs})
+
+
+def test_loss_tensor_weights_lay_out_per_coordinate():
+    """Flat layout: one weight per coordinate of each tensor, mean 1; rows layout: one row's pattern per class."""
+    gen = make_generator("mlp")
+    gen.config.loss_tensor_weights = {"bias": 17.0}
+    expected = torch.tensor([1.0] * 16 + [17.0])
+    torch.testing.assert_close(gen.coordinate_weights(17), expected / expected.mean())
+    heads = make_generator("heads")
+    heads.config.loss_tensor_weights = {"w*": 0.5, "weight": 3.0}  # the last matching pattern wins
+    row = torch.tensor([3.0] * 6 + [1.0])
+    torch.testing.assert_close(heads.coordinate_weights(21), row.repeat(3) / row.mean())
+
+
+def test_loss_tensor_weights_reweight_the_loss():
+    """The weighted loss is the weighted mean of the per-coordinate losses of the unweighted one."""
+    gen = make_generator("mlp")
+    targets, condition = torch.randn(2, 17), torch.randn(4)
+    noise = draw_loss_noise(gen.scheduler, 5, 17, torch.Generator().manual_seed(0))
+
+    def denoise(x_t, t, drop):
+        return gen.denoiser(x_t, t, condition.expand(5, 4), drop, None)
+
+    per_coordinate = []
+    for one_hot in torch.eye(17) * 17:  # a one-hot weight of mean 1 isolates one coordinate's loss
+        per_coordinate.append(diffusion_loss(denoise, gen.scheduler, targets, noise, coordinate_weights=one_hot))
+    torch.testing.assert_close(gen(targets, condition, noise), torch.stack(per_coordinate).mean())
+    gen.config.loss_tensor_weights = {"bias": 17.0}
+    weights = gen.coordinate_weights(17)
+    torch.testing.assert_close(gen(targets, condition, noise), (weights * torch.stack(per_coordinate)).mean())
 
 
 def test_card_is_written_from_metadata(tmp_path):

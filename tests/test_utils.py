@@ -1,0 +1,44 @@
+"""Config dictionaries: nested configs from dicts; fields added after caches existed keep earlier cache keys."""
+
+from dataclasses import dataclass, field
+
+import pytest
+
+from peft_mcdi.utils import DictConfigMixin, stable_hash
+
+
+@dataclass
+class Before(DictConfigMixin):
+    lr: float = 1e-3
+
+
+@dataclass
+class After(DictConfigMixin):
+    lr: float = 1e-3
+    weights: dict = field(default_factory=dict, metadata={"omit_default": True})
+
+
+def test_a_field_added_with_omit_default_keeps_old_keys_until_set():
+    assert After().to_dict() == Before().to_dict()
+    assert stable_hash(After().to_dict()) == stable_hash(Before().to_dict())
+    changed = After(weights={"head": 2.0})
+    assert changed.to_dict() == {"lr": 1e-3, "weights": {"head": 2.0}}
+    assert After.from_dict(changed.to_dict()) == changed
+    assert After.from_dict(After().to_dict()) == After()
+
+
+@dataclass
+class Outer(DictConfigMixin):
+    inner: Before = field(default_factory=lambda: Before(lr=0.5))
+    plain: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.nested_from_dicts()
+
+
+def test_nested_configs_given_as_dicts_become_their_classes():
+    outer = Outer(inner={"lr": 0.1}, plain={"lr": 0.1})
+    assert outer.inner == Before(lr=0.1) and outer.plain == {"lr": 0.1}  # a plain dict field stays a dict
+    assert Outer.from_dict(outer.to_dict()) == outer
+    with pytest.raises(ValueError, match=r"unknown Before keys \['lrr'\]"):
+        Outer(inner={"lrr": 0.1})
