@@ -3,7 +3,7 @@ multi-task LoRA, the prompted base model, a Text-to-LoRA-style hypernetwork, Mv-
 memorisation checks, on the same held-out WordNet categories (issue 5).
 
     python benchmarks/llm.py --base minilm --seeds 0 1 2      # 300 training + 40 held-out categories, MiniLM-L6
-    python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 48 + 8 categories, SmolLM2-135M as a causal LM
+    python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 40 + 8 categories, SmolLM2-135M as a causal LM
     python benchmarks/llm.py --base minilm --quick            # minutes: a small zoo and short budgets
     python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
 

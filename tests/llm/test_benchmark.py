@@ -108,7 +108,9 @@ def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="variants must include 'mcdi'"):
         LLMBenchConfig(variants=["mvdi"])
     smol = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 7}})
-    assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (48, 4, 7)
+    assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (40, 4, 7)
     assert smol.meta.samples_per_task == 8  # nested overrides merge key by key
-    assert smol.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16 and smol.recorder.num_epochs == 30
+    assert smol.recorder.num_epochs == 30 and smol.num_train_tasks + smol.num_test_tasks <= 48  # issue 5's sizing
+    more = LLMBenchConfig.for_base("smollm2", {"examples_per_class": 16})
+    assert more.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16
     assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
