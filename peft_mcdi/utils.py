@@ -98,8 +98,11 @@ class DictConfigMixin:
         earlier cache key (and so every finished zoo, generator and benchmark record) valid."""
         data = asdict(self)
         for f in fields(self):
-            if f.metadata.get("omit_default") and getattr(self, f.name) == _field_default(f):
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == _field_default(f):
                 del data[f.name]
+            elif isinstance(value, DictConfigMixin):  # nested configs omit their own defaults too
+                data[f.name] = value.to_dict()
         return data
 
 

@@ -42,6 +42,7 @@ class OnePassHypernetwork(nn.Module):
         progress: bool = True,
     ) -> list[float]:
         """Regress the final local target θ⁽ᵏ⁾ (codec space) from the condition with Adam; returns the loss curve."""
+        self.net.fit_condition_statistics(data.conditions)  # the same condition scaling as the generator's
         g = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         losses = []

@@ -28,6 +28,7 @@ from peft_mcdi.utils import DictConfigMixin
 
 
 DENOISER_TYPES = ("mlp", "tokens")
+CONDITION_NORMALIZATIONS = ("none", "standardize")
 
 
 @dataclass
@@ -56,7 +57,16 @@ class DenoiserConfig(DictConfigMixin):
             "shape (batch, N, condition_dim), instead of one per task."
         },
     )
-
+    condition_normalization: Literal["none", "standardize"] = field(
+        default="none",
+        metadata={
+            "help": "'standardize': subtract the training tasks' mean condition and divide by their RMS spread (one "
+            "scalar), statistics fitted with the training conditions and saved with the weights. Sentence "
+            "embeddings of templated descriptions are unit-norm and alike, so raw, what tells two tasks apart "
+            "reaches the adaLN modulation far below the step embedding's scale. 'none': conditions as given.",
+            "omit_default": True,
+        },
+    )
     condition_skip: bool = field(
         default=False,
         metadata={
@@ -70,6 +80,11 @@ class DenoiserConfig(DictConfigMixin):
     def __post_init__(self) -> None:
         if self.type not in DENOISER_TYPES:
             raise ValueError(f"denoiser type must be one of {DENOISER_TYPES}, got {self.type!r}.")
+        if self.condition_normalization not in CONDITION_NORMALIZATIONS:
+            raise ValueError(
+                f"condition_normalization must be one of {CONDITION_NORMALIZATIONS}, got "
+                f"{self.condition_normalization!r}."
+            )
         if not isinstance(self.lora_factor_dim, int) or self.lora_factor_dim < 0:
             raise ValueError(f"lora_factor_dim must be an int >= 0, got {self.lora_factor_dim!r}.")
         for name in ("condition_dim", "hidden_dim", "num_layers", "num_heads"):
@@ -143,6 +158,18 @@ class _Denoiser(nn.Module):
         self.time_embed = TimestepEmbedding(num_train_timesteps, H)
         self.cond_proj = nn.Sequential(nn.Linear(config.condition_dim, H), nn.SiLU(), nn.Linear(H, H))
         self.null_condition = nn.Parameter(torch.zeros(H))
+        if config.condition_normalization == "standardize":
+            self.register_buffer("condition_shift", torch.zeros(config.condition_dim))
+            self.register_buffer("condition_scale", torch.ones(()))
+
+    @torch.no_grad()
+    def fit_condition_statistics(self, conditions: torch.Tensor) -> None:
+        """Set the ``'standardize'`` statistics from the training conditions (..., C); a no-op otherwise."""
+        if self.config.condition_normalization != "standardize":
+            return
+        flat = conditions.reshape(-1, conditions.shape[-1]).float().to(self.condition_shift.device)
+        self.condition_shift.copy_(flat.mean(0))
+        self.condition_scale.copy_((flat - self.condition_shift).pow(2).mean().sqrt().clamp_min(1e-8))
 
     def embed_condition(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None) -> torch.Tensor:
         """Condition (B, C) or (B, N, C) → (B, H) / (B, N, H); dropped samples get the null embedding.
@@ -156,7 +183,10 @@ class _Denoiser(nn.Module):
                 f"condition has shape {tuple(condition.shape)}, expected {want} with condition_dim="
                 f"{self.config.condition_dim}."
             )
-        emb = self.cond_proj(condition.float())
+        condition = condition.float()
+        if self.config.condition_normalization == "standardize":
+            condition = (condition - self.condition_shift) / self.condition_scale
+        emb = self.cond_proj(condition)
         if drop_condition is not None:
             mask = drop_condition.view(-1, *([1] * (emb.dim() - 1)))
             emb = torch.where(mask, self.null_condition.to(emb.dtype), emb)

@@ -191,7 +191,9 @@ class McDiGenerator(nn.Module):
         return torch.cdist(flat, self.train_conditions).min(dim=1).values
 
     def set_training_conditions(self, conditions: torch.Tensor) -> None:
-        """Record the training tasks' conditions (per-token conditions are pooled to their mean)."""
+        """Record the training tasks' conditions (per-token conditions are pooled to their mean) and fit the
+        denoiser's condition statistics (``DenoiserConfig.condition_normalization``) to them: call before training."""
+        self.denoiser.fit_condition_statistics(conditions)
         if conditions.dim() == 3:
             conditions = conditions.mean(1)
         self.train_conditions = conditions.detach().float().to(self.device).clone()

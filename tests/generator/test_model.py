@@ -104,6 +104,24 @@ def test_save_load_gives_identical_samples(kind, tmp_path):
     torch.testing.assert_close(loaded.nearest_training_distance(c), gen.nearest_training_distance(c))
 
 
+def test_standardized_conditions_are_saved_and_ignore_a_common_offset(tmp_path):
+    """'standardize' fits shift/scale to the training conditions: a common offset and scale of every condition
+    (train and query alike) leaves generation unchanged, and the statistics travel with the weights."""
+    gen = make_generator("lora")
+    gen.config.denoiser.condition_normalization = "standardize"
+    fresh = McDiGenerator(gen.config, gen.scheduler.config)
+    fresh.load_state_dict(gen.state_dict(), strict=False)  # same weights, plus the new statistics buffers
+    train, query = torch.randn(6, 4), torch.randn(2, 4)
+    fresh.set_training_conditions(train)
+    reference = fresh.generate_vectors(query, seed=1)
+    fresh.set_training_conditions(3.0 * train + 5.0)
+    torch.testing.assert_close(fresh.generate_vectors(3.0 * query + 5.0, seed=1), reference)
+    fresh.save_pretrained(tmp_path)
+    loaded = McDiGenerator.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.denoiser.condition_scale, fresh.denoiser.condition_scale)
+    torch.testing.assert_close(loaded.generate_vectors(3.0 * query + 5.0, seed=1), reference)
+
+
 def test_truncated_weights_file_is_reported(tmp_path):
     gen = make_generator("mlp")
     gen.save_pretrained(tmp_path)
@@ -139,6 +157,7 @@ def test_nearest_training_distance():
         ({"codec": {"shapes": {"w": [3]}, "row_tokens": True}}, "per_token_condition"),
         ({"loss_tensor_weights": {"classifier.*": 2.0}}, "matches no tensor"),
         ({"loss_tensor_weights": {"w": 0.0}}, "must be > 0"),
+        ({"denoiser": {"condition_normalization": "zscore"}}, "condition_normalization must be one of"),
     ],
 )
 def test_bad_generator_config_names_the_argument(kwargs, match):
