@@ -61,6 +61,10 @@ class PipelineConfig(DictConfigMixin):
             "omit_default": True,
         },
     )
+    min_snr_gamma: float | None = field(
+        default=None,
+        metadata={"help": "Min-SNR-γ weighting of the diffusion loss (GeneratorConfig).", "omit_default": True},
+    )
     meta: MetaTrainConfig = field(
         default_factory=lambda: MetaTrainConfig(num_outer_steps=2000, samples_per_task=16),
         metadata={"help": "Meta-training loop."},
@@ -214,6 +218,7 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
             loss_variant=config.loss_variant,
             condition_dropout=config.condition_dropout,
             loss_tensor_weights=config.loss_tensor_weights,
+            min_snr_gamma=config.min_snr_gamma,
             metadata=metadata,
         ),
         config.scheduler,

@@ -91,6 +91,10 @@ class LLMBenchConfig(DictConfigMixin):
         default_factory=dict,
         metadata={"help": "Glob pattern → relative diffusion-loss weight of those tensors.", "omit_default": True},
     )
+    min_snr_gamma: float | None = field(
+        default=None,
+        metadata={"help": "Min-SNR-γ weighting of the diffusion loss (None: unweighted).", "omit_default": True},
+    )
     variants: list[str] = field(
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
@@ -145,6 +149,7 @@ class LLMBenchConfig(DictConfigMixin):
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,
+            min_snr_gamma=self.min_snr_gamma,
         )
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{stable_hash(config.to_dict())}")
         return config

@@ -56,6 +56,7 @@ def diffusion_loss(
     variant: LossVariant = "mcdi",
     weighting: LossWeighting = "epsilon",
     coordinate_weights: torch.Tensor | None = None,
+    min_snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Mean loss of one task over the pre-drawn samples.
 
@@ -69,10 +70,16 @@ def diffusion_loss(
             variants are on the ε scale, so their curves compare. ``"paper"`` keeps the raw form of SPEC §3.3.
         coordinate_weights: (D,) weights of the squared residual per coordinate, mean 1 (None: all 1). They change
             which coordinates the denoiser spends its capacity on, not the minimiser of any one coordinate.
+        min_snr_gamma: Min-SNR-γ weighting (Hang et al., 2023): each sample's ε-loss × min(SNR, γ)/SNR, SNR of the
+            noise level it was drawn at (ᾱ/(1−ᾱ) of its own segment's schedule for Mc-Di). The ε-loss of a nearly
+            clean sample asks for the exact weights (what the zoo's per-task noise is made of) and dominates the
+            gradient; the noisy samples, where only the condition can tell the denoiser where to go, weigh little.
+            Capping the x₀-equivalent weight at γ gives the noisy samples their share. None: unweighted.
     """
     segments, timesteps, eps, drop = noise.as_tuple()
     x0 = targets[segments - 1]  # (n, D)
     if variant == "mcdi":
+        alpha_bar = scheduler.local_alphas_cumprod(timesteps, segments)
         x_t = scheduler.add_noise(x0, eps, timesteps, segments)
         pred_scale, target_scale = scheduler.loss_scales(timesteps, segments)
         if weighting == "epsilon":
@@ -82,6 +89,7 @@ def diffusion_loss(
         f = denoise(x_t, timesteps, drop)
         residual = pred_scale.to(f.dtype)[:, None] * f - target_scale.to(f.dtype)[:, None] * eps
     elif variant == "twdi":
+        alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps]
         x_t = scheduler.add_noise(x0, eps, timesteps)
         residual = denoise(x_t, timesteps, drop) - eps
     else:
@@ -89,4 +97,7 @@ def diffusion_loss(
     squared = residual.pow(2)
     if coordinate_weights is not None:
         squared = squared * coordinate_weights.to(squared.dtype)
+    if min_snr_gamma is not None:
+        snr = alpha_bar / (1 - alpha_bar)
+        squared = squared * (snr.clamp(max=min_snr_gamma) / snr).to(squared.dtype)[:, None]
     return squared.mean()

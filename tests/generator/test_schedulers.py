@@ -115,6 +115,37 @@ def test_c_loss_is_zero_at_rescaled_noise_and_not_at_plain_noise(T, k, weighting
         assert plain_loss > 1e-3  # local consistency differs from vanilla whenever k > 1
 
 
+@pytest.mark.parametrize(("T", "k"), CASES)
+@pytest.mark.parametrize("variant", ["mcdi", "twdi"])
+def test_min_snr_weights_each_sample_by_its_own_noise_level(T, k, variant):
+    """Min-SNR-γ: sample j's loss × min(SNR_j, γ)/SNR_j, SNR of the schedule it was noised with; a γ above every
+    SNR changes nothing."""
+    s = _sched(T, k)
+    targets, noise = _loss_inputs(s, k)
+    f = torch.randn_like(noise.noise)
+
+    def per_sample(gamma):  # each sample's weighted loss, one at a time
+        losses = []
+        for j in range(len(noise.timesteps)):
+            denoise = lambda x_t, t, d, j=j: f[j : j + 1]  # noqa: E731
+            losses.append(diffusion_loss(denoise, s, targets, _only(noise, j), variant, min_snr_gamma=gamma))
+        return torch.stack(losses)
+
+    if variant == "mcdi":
+        acp = s.local_alphas_cumprod(noise.timesteps, noise.segments)
+    else:
+        acp = s.alphas_cumprod[noise.timesteps]
+    snr = (acp / (1 - acp)).float()
+    torch.testing.assert_close(per_sample(2.0), per_sample(None) * snr.clamp(max=2.0) / snr)
+    torch.testing.assert_close(per_sample(float(snr.max()) + 1), per_sample(None))
+    loss = diffusion_loss(lambda x_t, t, d: f, s, targets, noise, variant, min_snr_gamma=2.0)
+    torch.testing.assert_close(loss, per_sample(2.0).mean())
+
+
+def _only(noise: LossNoise, j: int) -> LossNoise:
+    return LossNoise(*(x[j : j + 1] for x in noise.as_tuple()))
+
+
 @pytest.mark.parametrize("T", [20, 7])
 def test_d_one_segment_is_exactly_vanilla_epsilon_prediction(T):
     s = _sched(T, 1)
