@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 
 import torch
 from tqdm.auto import tqdm
@@ -32,12 +33,23 @@ class RecorderConfig(DictConfigMixin):
         default=3, metadata={"help": "k, used to pick the targets when not keeping every epoch."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of batch order and augmentation (mixed with the task id)."})
+    frozen: list[str] = field(
+        default_factory=list,
+        metadata={
+            "help": "Glob patterns of parameters kept at θ₀, e.g. ['*lora_A*'] for LoRA-FA (A frozen, only B and "
+            "the head trained): every trajectory then moves in the span of one fixed A, so task deltas share a basis.",
+            "omit_default": True,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}.")
         if not self.keep_every_epoch and not 1 <= self.num_segments <= self.num_epochs:
             raise ValueError(f"num_segments must be in [1, num_epochs={self.num_epochs}], got {self.num_segments}.")
+
+        if self.frozen and not isinstance(self.frozen, list):
+            raise ValueError(f"frozen must be a list of glob patterns, got {self.frozen!r}.")
 
     def kept_epochs(self) -> list[int]:
         if self.keep_every_epoch:
@@ -62,7 +74,13 @@ def adam_sam_train(
     wrapped in SAM, ``config.num_epochs`` epochs in the task's seeded batch order. ``on_step(epoch, loss)`` runs after
     every step, ``on_epoch_end(epoch, mean loss)`` after every epoch."""
     generator = batch_order_generator(task, config)
-    optimizer = SAM(params.values(), torch.optim.Adam, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay)
+    trainable = []
+    for name, value in params.items():
+        frozen = any(fnmatch(name, pattern) for pattern in config.frozen)
+        value.requires_grad_(not frozen)
+        if not frozen:
+            trainable.append(value)
+    optimizer = SAM(trainable, torch.optim.Adam, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay)
     for epoch in range(1, config.num_epochs + 1):
         losses = []
         for batch in task.train_batches(epoch, generator):
