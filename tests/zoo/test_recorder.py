@@ -28,6 +28,17 @@ def test_trajectory_starts_at_shared_init_and_learns(tasks):
     assert final_loss == pytest.approx(final_loss)  # finite
 
 
+def test_frozen_parameters_stay_at_theta0_and_the_rest_learns(tasks):
+    """LoRA-FA-style zoos: parameters matching ``frozen`` are θ₀ at every kept epoch; the others still train."""
+    task = tasks.train[0]
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=6, frozen=["b*"]))
+    for epoch in checkpoints:
+        torch.testing.assert_close(checkpoints[epoch]["bias"], task.init_params()["bias"], rtol=0, atol=0)
+    assert not torch.equal(checkpoints[6]["weight"], task.init_params()["weight"])
+    assert task.evaluate(checkpoints[6]) < task.evaluate(checkpoints[0]) - 0.05
+    assert "frozen" not in RecorderConfig().to_dict()  # zoos collected before the field existed keep their key
+
+
 def test_only_local_targets_kept_when_asked(tasks):
     config = RecorderConfig(num_epochs=10, num_segments=3, keep_every_epoch=False)
     checkpoints, _ = train_task(tasks.train[0], config)
