@@ -8,6 +8,8 @@ held-out tasks — what a description-to-weights map can carry when it only has 
 most.
 
     python benchmarks/llm_adapter_anatomy.py --base minilm --seed 0
+    python benchmarks/llm_adapter_anatomy.py --base minilm --seed 0 --name lora_fa \
+        --config '{"num_train_tasks": 150, "recorder": {"frozen": ["*lora_A*"]}}'      # a LoRA-FA zoo
 """
 
 import argparse
@@ -45,8 +47,10 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", type=int, default=40, help="training tasks whose own adapters are dissected")
     parser.add_argument("--ridge", type=float, default=1.0)
+    parser.add_argument("--config", help="JSON overrides of the benchmark configuration (which zoo), as in llm.py")
+    parser.add_argument("--name", help="suffix of the results file, e.g. lora_fa → llm_minilm_anatomy_lora_fa.json")
     args = parser.parse_args()
-    config = LLMBenchConfig.for_base(args.base)
+    config = LLMBenchConfig.for_base(args.base, json.loads(args.config or "{}"))
     pipeline = config.pipeline(args.seed, "mcdi")
     tasksets = build_tasksets(pipeline)
     store = ZooStore(zoo_folder(pipeline)[0])
@@ -99,7 +103,8 @@ def main() -> None:
             "heldout_roc_auc": statistics.fmean(t.roc_auc(p) for t, p in zip(tasksets.test, ridge)),
         },
     }
-    out = Path(__file__).with_name("results") / f"llm_{args.base}_anatomy.json"
+    suffix = f"_{args.name}" if args.name else ""
+    out = Path(__file__).with_name("results") / f"llm_{args.base}_anatomy{suffix}.json"
     out.write_text(json.dumps(record, indent=1))
     print(json.dumps(record, indent=1))
 
