@@ -140,8 +140,8 @@ class McDiGenerator(nn.Module):
         def denoise(x_t, t, drop):
             return self.denoiser(x_t, t, condition.expand(n, *condition.shape), drop, layout)
 
-        weights = self.coordinate_weights(targets.shape[-1]) if self.config.loss_tensor_weights else None
         config = self.config
+        weights = self.coordinate_weights(targets.shape[-1]) if config.loss_tensor_weights else None
         return diffusion_loss(
             denoise, self.scheduler, targets, noise, config.loss_variant, config.loss_weighting, weights,
             config.min_snr_gamma,
