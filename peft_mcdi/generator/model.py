@@ -115,6 +115,7 @@ class McDiGenerator(nn.Module):
         self.denoiser = denoiser_for_codec(config.denoiser, self.codec, self.scheduler.num_train_timesteps)
         # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
         self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))
+        self._coordinate_weights: dict[tuple, torch.Tensor] = {}  # see coordinate_weights
 
     # ------------------------------------------------------------------ shape
     @property
@@ -149,16 +150,19 @@ class McDiGenerator(nn.Module):
 
     def coordinate_weights(self, dim: int) -> torch.Tensor:
         """(dim,) loss weight per coordinate from ``config.loss_tensor_weights`` (the last matching pattern wins),
-        mean 1; in the rows layout the weights of one row repeat for every class."""
-        per_tensor = []
-        for name, numel in zip(self.codec.names, self.codec.numels):
-            weight = 1.0
-            for pattern, value in self.config.loss_tensor_weights.items():
-                if fnmatch(name, pattern):
-                    weight = float(value)
-            per_tensor.append(torch.full((numel,), weight, device=self.device))
-        weights = torch.cat(per_tensor).repeat(dim // self.codec.unit_dim)
-        return weights / weights.mean()
+        mean 1; in the rows layout the weights of one row repeat for every class. Built once per (dim, patterns):
+        the training forward asks for it at every step."""
+        key = (dim, tuple(self.config.loss_tensor_weights.items()))
+        if key not in self._coordinate_weights:
+            per_tensor = [1.0] * len(self.codec.names)
+            for i, name in enumerate(self.codec.names):
+                for pattern, value in self.config.loss_tensor_weights.items():
+                    if fnmatch(name, pattern):
+                        per_tensor[i] = float(value)
+            numels = torch.tensor(self.codec.numels)
+            weights = torch.tensor(per_tensor).repeat_interleave(numels).repeat(dim // self.codec.unit_dim)
+            self._coordinate_weights[key] = (weights / weights.mean()).to(self.device)
+        return self._coordinate_weights[key]
 
     # ------------------------------------------------------------- generation
     @torch.inference_mode()

@@ -96,7 +96,7 @@ def diffusion_loss(
         raise ValueError(f"variant must be one of {LOSS_VARIANTS}, got {variant!r}.")
     squared = residual.pow(2)
     if coordinate_weights is not None:
-        squared = squared * coordinate_weights.to(squared.dtype)
+        squared = squared * coordinate_weights.to(squared)
     if min_snr_gamma is not None:
         snr = alpha_bar / (1 - alpha_bar)
         squared = squared * (snr.clamp(max=min_snr_gamma) / snr).to(squared.dtype)[:, None]
