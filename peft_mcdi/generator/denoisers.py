@@ -463,7 +463,7 @@ class TokenSetDenoiser(_Denoiser):
             out = sample.new_empty(sample.shape)
             for g, o in zip(groups, outs):
                 out[:, g.flat] = o
-        return out if skip is None else torch.addcmul(out, skip[:, None], sample)
+        return out if skip is None else out.addcmul_(skip[:, None], sample)  # out is ours: no (B, D) copy
 
 
 def build_denoiser(

@@ -7,6 +7,7 @@ z) is drawn from it alone, so a task gets the same weights whether it is generat
 from __future__ import annotations
 
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import torch
 
@@ -21,8 +22,47 @@ def _task_generators(seeds: Sequence[int], device: torch.device) -> list[torch.G
     return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
 
 
-def _noise(generators: list[torch.Generator], dim: int, device: torch.device) -> torch.Tensor:
-    return torch.stack([torch.randn(dim, generator=g, device=device) for g in generators])
+@torch.inference_mode()  # inference mode is per thread, and the helper thread below fills inference tensors
+def _noise(generators: list[torch.Generator], out: torch.Tensor) -> torch.Tensor:
+    """Fill ``out`` (B, D) with standard normal noise, row i from generator i (the stream ``torch.randn`` draws)."""
+    for row, g in zip(out, generators):
+        row.normal_(generator=g)
+    return out
+
+
+class _AncestralNoise:
+    """The ancestral z of each step, drawn one step ahead on a helper thread while the denoiser runs (CPU).
+
+    A task's generator is sequential and single-threaded: at SmolLM2 sizes its draws are about a third of a DDPM
+    chain. Drawing in the same order into two alternating buffers gives exactly the values of drawing inline; the
+    helper thread runs while the main thread is inside the denoiser's kernels (which release the GIL)."""
+
+    def __init__(self, generators: list[torch.Generator], like: torch.Tensor, num_draws: int) -> None:
+        self._generators, self._left, self._index = generators, num_draws, 0
+        self._buffers = (torch.empty_like(like), torch.empty_like(like))
+        self._pool = ThreadPoolExecutor(max_workers=1) if num_draws and like.device.type == "cpu" else None
+        self._next = self._draw()
+
+    def _draw(self) -> Future | torch.Tensor | None:
+        if not self._left:
+            return None
+        self._left -= 1
+        self._index ^= 1
+        out = self._buffers[self._index]
+        return self._pool.submit(_noise, self._generators, out) if self._pool else _noise(self._generators, out)
+
+    def take(self) -> torch.Tensor:
+        """The next step's z; starts drawing the one after (into the other buffer)."""
+        z = self._next.result() if isinstance(self._next, Future) else self._next
+        self._next = self._draw()
+        return z
+
+    def __enter__(self) -> _AncestralNoise:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 @torch.inference_mode()
@@ -76,19 +116,22 @@ def sample(
     token_bias = denoiser.token_bias(cond_emb, layout)
     skips = denoiser.skip_scale(ts)  # (S, B') or None
 
-    x = _noise(generators, dim, device)
-    chain = [x] if return_chain else None
-    for s, (t, t_prev) in enumerate(steps):
-        c_x, c_eps, sigma = scheduler.step_coefficients(t, t_prev, sampler)
-        x_in = torch.cat([x, x]) if guided else x
-        step_mods = [tuple(m[s] for m in block) for block in mods]
-        f = denoiser.denoise(x_in, step_mods, token_bias, layout, None if skips is None else skips[s], rows)
-        if guided:
-            f_cond, f_null = f.chunk(2)
-            f = f_null + guidance_scale * (f_cond - f_null)
-        x = (x * c_x).add_(f, alpha=-c_eps)  # one pass each, no temporaries: D can be ~10⁶
-        if sigma > 0:
-            x.add_(_noise(generators, dim, device), alpha=sigma)
-        if return_chain:
-            chain.append(x)
+    # x lives in one buffer updated in place: D can be ~10⁶, and a fresh (B, D) tensor per step costs more in
+    # allocation and page faults than the arithmetic on it.
+    x = _noise(generators, torch.empty(B, dim, device=device))
+    chain = [x.clone()] if return_chain else None
+    coefficients = [scheduler.step_coefficients(t, t_prev, sampler) for t, t_prev in steps]
+    with _AncestralNoise(generators, x, sum(sigma > 0 for *_, sigma in coefficients)) as noise:
+        for s, (c_x, c_eps, sigma) in enumerate(coefficients):
+            x_in = torch.cat([x, x]) if guided else x
+            step_mods = [tuple(m[s] for m in block) for block in mods]
+            f = denoiser.denoise(x_in, step_mods, token_bias, layout, None if skips is None else skips[s], rows)
+            if guided:
+                f_cond, f_null = f.chunk(2)
+                f = f_cond.sub_(f_null).mul_(guidance_scale).add_(f_null)
+            x.mul_(c_x).add_(f, alpha=-c_eps)
+            if sigma > 0:
+                x.add_(noise.take(), alpha=sigma)
+            if return_chain:
+                chain.append(x.clone())
     return (x, chain) if return_chain else x
