@@ -244,15 +244,11 @@ def users_path(config: LLMBenchConfig, generator_dir: Path, tasksets, seed: int)
     examples = [t.shared.selection_examples(t.concept.val) for t in tasks]
     model.adapt(descriptions, adapter_names=names, seed=0, num_samples=8, examples=examples)
     best_of_8 = [float(t.evaluate(written(n))) for n, t in zip(names, tasks)]
-    single = [model.adapt(descriptions[0], adapter_names=names[0], seed=0) for _ in range(config.latency_repeats)]
     return {
         "with_adapter": with_adapter,
         "with_adapter_auc": auc,
         "best_of_8": best_of_8,
-        "adapt_ms_median": {
-            "encoder": statistics.median(i.encoder_ms for i in single),
-            "generator": statistics.median(i.generator_ms for i in single),
-        },
+        "adapt_ms_median": adapt_latency(model, descriptions[0], names[0], config.latency_repeats),
         "batched": {
             "tasks": len(tasks),
             "seconds": batched_seconds,
@@ -262,6 +258,17 @@ def users_path(config: LLMBenchConfig, generator_dir: Path, tasksets, seed: int)
             "peak_memory_mb": peak_mb,
         },
         "nearest_training_distance": info.nearest_training_distance,
+    }
+
+
+@torch.no_grad()
+def adapt_latency(model, description: str, adapter_name: str, repeats: int) -> dict[str, float]:
+    """Median ms of the encoder and of the generator over ``repeats`` single-task ``adapt()`` calls (call the model
+    once before, so that loading the encoder is not timed)."""
+    single = [model.adapt(description, adapter_names=adapter_name, seed=0) for _ in range(repeats)]
+    return {
+        "encoder": statistics.median(i.encoder_ms for i in single),
+        "generator": statistics.median(i.generator_ms for i in single),
     }
 
 

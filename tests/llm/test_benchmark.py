@@ -1,6 +1,7 @@
 """The LLM benchmark harness end to end on a tiny configuration of the real MiniLM setting."""
 
 import json
+import runpy
 from pathlib import Path
 
 import pytest
@@ -114,3 +115,31 @@ def test_config_errors_name_the_argument():
     more = LLMBenchConfig.for_base("smollm2", {"examples_per_class": 16})
     assert more.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16
     assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
+
+
+def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_latency.py"
+    argv = [
+        str(script),
+        "--base",
+        "minilm",
+        "--repeats",
+        "2",
+        "--config",
+        json.dumps(TINY),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads((tmp_path / "llm_minilm_latency.json").read_text())
+    assert set(result["adapt_ms_median"]) == {"ddpm (default, all T steps)", "ddim, 5 steps"}
+    assert all(v["generator"] > 0 and v["encoder"] > 0 for v in result["adapt_ms_median"].values())
+    assert result["finetune_to_budget"]["steps"] == record["finetune"]["budget_steps"]
+
+
+def test_latency_script_names_the_missing_generator(tmp_path, monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "llm_latency.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--base", "minilm", "--config", '{"num_train_tasks": 5}'])
+    with pytest.raises(SystemExit, match="no trained generator .* run `python benchmarks/llm.py --base minilm"):
+        runpy.run_path(str(script), run_name="__main__")

