@@ -133,7 +133,8 @@ def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypa
     monkeypatch.setattr("sys.argv", argv)
     runpy.run_path(str(script), run_name="__main__")
     result = json.loads((tmp_path / "llm_minilm_latency.json").read_text())
-    assert set(result["adapt_ms_median"]) == {"ddpm (default, all T steps)", "ddim, 5 steps"}
+    timed = list(result["adapt_ms_median"])  # "<sampler>, <n> thread(s)"
+    assert all(any(n.startswith(s) for n in timed) for s in ("ddpm (default, all T steps)", "ddim, 5 steps"))
     assert all(v["generator"] > 0 and v["encoder"] > 0 for v in result["adapt_ms_median"].values())
     assert result["finetune_to_budget"]["steps"] == record["finetune"]["budget_steps"]
 
