@@ -85,7 +85,10 @@ class LLMBenchConfig(DictConfigMixin):
         metadata={"help": "Denoiser of every generator variant (conditions: 384-d MiniLM description embeddings)."},
     )
     meta: MetaTrainConfig = field(
-        default_factory=lambda: MetaTrainConfig(num_outer_steps=600, samples_per_task=8, outer_lr=1e-3),
+        # checkpoints every 50 outer steps (minutes on SmolLM2) so that a stopped run resumes instead of restarting
+        default_factory=lambda: MetaTrainConfig(
+            num_outer_steps=600, samples_per_task=8, outer_lr=1e-3, checkpoint_every=50
+        ),
         metadata={"help": "Meta-training of every variant (matched compute); its seed is the benchmark seed."},
     )
     codec_normalization: str = field(default="tensor", metadata={"help": "'tensor' or 'element' statistics."})
@@ -153,8 +156,20 @@ class LLMBenchConfig(DictConfigMixin):
             loss_tensor_weights=self.loss_tensor_weights,
             min_snr_gamma=self.min_snr_gamma,
         )
-        config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{stable_hash(config.to_dict())}")
+        config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(config.to_dict())}")
         return config
+
+
+def results_key(value) -> str:
+    """Cache key of a configuration (a dict, or a list holding one): every setting that can change a result, which
+    ``meta.checkpoint_every`` cannot. Leaving it out lets a stopped run resume under another checkpoint interval."""
+
+    def strip(item):
+        if isinstance(item, dict) and isinstance(item.get("meta"), dict):
+            return {**item, "meta": {k: v for k, v in item["meta"].items() if k != "checkpoint_every"}}
+        return item
+
+    return stable_hash([strip(v) for v in value] if isinstance(value, list) else strip(value))
 
 
 def run_variant(config: PipelineConfig, tasksets, progress: bool, log=print) -> dict:
@@ -303,7 +318,7 @@ def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
 def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False, log=print) -> dict:
     """Every method on the held-out tasks of one seed (a seed reruns the task split, zoo and meta-training). The
     record is cached by configuration and seed; each stage inside resumes from its own cache."""
-    record_path = cache_root() / "runs" / f"llm-{config.base}-{stable_hash([config.to_dict(), seed])}.json"
+    record_path = cache_root() / "runs" / f"llm-{config.base}-{results_key([config.to_dict(), seed])}.json"
     if record_path.is_file():
         return _read_json(record_path)
     start = time.perf_counter()

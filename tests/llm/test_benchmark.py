@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from peft_mcdi.generator.model import McDiGenerator
-from peft_mcdi.llm.benchmark import LLMBenchConfig, run_llm_benchmark, steps_to_match
+from peft_mcdi.llm.benchmark import LLMBenchConfig, results_key, run_llm_benchmark, steps_to_match
 from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize
 from peft_mcdi.pipeline import build_tasksets
 
@@ -115,6 +115,17 @@ def test_config_errors_name_the_argument():
     more = LLMBenchConfig.for_base("smollm2", {"examples_per_class": 16})
     assert more.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16
     assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
+
+
+def test_checkpoint_interval_does_not_change_the_cache_keys():
+    """A stopped run must resume under another ``checkpoint_every``; any setting that changes results must not."""
+    base = LLMBenchConfig.for_base("smollm2")
+    other = LLMBenchConfig.for_base("smollm2", {"meta": {"checkpoint_every": 7}})
+    longer = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 601}})
+    folders = [c.pipeline(0, "mcdi").output_dir for c in (base, other, longer)]
+    assert folders[0] == folders[1] != folders[2]
+    assert base.pipeline(0, "mcdi").meta.checkpoint_every > 0  # long variants checkpoint by default
+    assert results_key([base.to_dict(), 0]) == results_key([other.to_dict(), 0]) != results_key([base.to_dict(), 1])
 
 
 def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
