@@ -100,6 +100,15 @@ def test_adapt_writes_weights_deterministically():
     assert any(not torch.equal(lora_state(model)[k], first[k]) for k in first)
 
 
+def test_the_generator_follows_the_model_to_another_device():
+    """Generators are not submodules: after model.to(device), adapt() must generate where the adapter now lives
+    (on an H100, a model moved to CUDA after create_generator() generated on the CPU before this was handled)."""
+    model, generator = make()
+    model.to("meta")
+    assert next(iter(lora_state(model).values())).device.type == "meta"
+    assert model.base_model._generator_for("default") is generator and generator.device.type == "meta"
+
+
 def test_batched_adapt_equals_one_by_one_and_mixed_batches_work():
     model, _ = make()
     conds = torch.randn(2, COND)

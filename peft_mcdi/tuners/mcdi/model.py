@@ -154,7 +154,11 @@ class McDiModel(LoraModel):
             ]
             generator = loaded[0] if loaded else McDiGenerator.from_pretrained(source[0], revision=source[1])
             self.attach_generator(generator, adapter_name)
-        return self._mcdi_generators[adapter_name]
+        # Generators are not submodules (they are not part of the adapted model's state), so model.to(device) leaves
+        # them behind: follow the adapter's weights here, or adapt() would quietly generate on the old device.
+        generator = self._mcdi_generators[adapter_name]
+        device = next(iter(self.lora_parameters(adapter_name).values())).device
+        return generator if generator.device == device else generator.to(device)
 
     def _encoder_for(self, name: str) -> TextEncoder:
         if name not in self._mcdi_encoders:
