@@ -44,7 +44,7 @@ def generator_card(generator, repo_id: str | None = None) -> str:
         f"| training tasks | {meta.get('num_train_tasks', 'n/a')} ({meta.get('taskset', 'unknown kind')}) |",
         f"| task encoder | {meta.get('task_encoder', 'n/a')} |",
         f"| diffusion | T = {sched.num_train_timesteps}, k = {sched.num_segments} local targets, "
-        f"{generator.config.loss_variant} loss, {sched.beta_schedule} β |",
+        f"{generator.config.loss_variant} loss, {sched.beta_schedule} β, {sched.prediction_type}-prediction |",
         f"| sampler | DDPM, {sched.num_train_timesteps} steps (DDIM with fewer steps available) |",
     ]
     if meta.get("latency_ms") is not None:

@@ -24,6 +24,7 @@ from peft_mcdi.utils import DictConfigMixin, atomic_write_text
 
 SCHEDULER_CONFIG_NAME = "scheduler_config.json"
 BETA_SCHEDULES = ("linear", "cosine")
+PREDICTION_TYPES = ("epsilon", "sample")
 
 
 @dataclass
@@ -46,6 +47,17 @@ class SchedulerConfig(DictConfigMixin):
     beta_end: float = field(
         default=0.35, metadata={"help": "β_T of the linear schedule (0.35 for T=20 gives ᾱ_T ≈ 0.018)."}
     )
+    prediction_type: Literal["epsilon", "sample"] = field(
+        default="epsilon",
+        metadata={
+            "help": "What the denoiser outputs: 'epsilon', the noise (DDPM, the paper), or 'sample', the clean "
+            "weights x̂₀ (diffusers' name). The chain and its Mc-Di waypoints are the same; what changes is what "
+            "the network must represent. Near the noise end an ε-network outputs ≈ x_t minus a small multiple "
+            "(√ᾱ_T ≈ 0.13) of the weights, and the task's part of the ε-loss is tiny; an x̂₀-network there is a "
+            "regressor of E[θ | condition] — the one-pass hypernetwork — with its loss on the weights' own scale.",
+            "omit_default": True,
+        },
+    )
 
     def __post_init__(self) -> None:
         if not isinstance(self.num_train_timesteps, int) or self.num_train_timesteps < 1:
@@ -57,6 +69,8 @@ class SchedulerConfig(DictConfigMixin):
                 f"num_segments (k={self.num_segments}) must not exceed num_train_timesteps "
                 f"(T={self.num_train_timesteps}): each segment needs at least one diffusion step."
             )
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {self.prediction_type!r}.")
         if self.beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {self.beta_schedule!r}.")
         if not 0.0 < self.beta_start <= self.beta_end < 1.0:
@@ -81,7 +95,7 @@ class LocalConsistencyScheduler:
     """β/α/ᾱ tables, segment boundaries, local noising and the DDPM / DDIM sampler steps.
 
     Like a diffusers scheduler it is independent of the network: the denoiser maps (sample, t, condition) to an
-    ε-prediction, and everything that involves an alpha lives here.
+    ε- or x̂₀-prediction (``config.prediction_type``), and everything that involves an alpha lives here.
     """
 
     def __init__(self, config: SchedulerConfig | None = None, **kwargs) -> None:
@@ -167,6 +181,20 @@ class LocalConsistencyScheduler:
         glob = self.alphas_cumprod.to(timesteps.device)[timesteps]
         return (1 - local).sqrt(), (1 - glob).sqrt()
 
+    def sample_targets(
+        self, sample: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor, segments: torch.Tensor
+    ) -> torch.Tensor:
+        """The x̂₀-prediction that satisfies the Mc-Di loss exactly, (x_t − (1−ᾱ_t)/√(1−ᾱᵢ(t))·ε)/√ᾱ_t, (batch, D).
+
+        It is the x̂₀ whose implied ε̂ = (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t) is the rescaled noise √(1−ᾱ_t)/√(1−ᾱᵢ(t))·ε that the
+        ε-loss asks for, so an unmodified global step lands on θ⁽ⁱ⁾ at b_i either way. For the last segment (b_k = 0,
+        ᾱᵢ = ᾱ_t) it is θ⁽ᵏ⁾ itself: k = 1 is the plain x₀-loss.
+        """
+        local = self.local_alphas_cumprod(timesteps, segments)
+        glob = self.alphas_cumprod.to(timesteps.device)[timesteps]
+        noise_scale = ((1 - glob) / (1 - local).sqrt()).to(sample.dtype)[:, None]
+        return (sample - noise_scale * noise) / glob.sqrt().to(sample.dtype)[:, None]
+
     # ---------------------------------------------------------------- sampling
     def timesteps_for(self, num_inference_steps: int | None = None) -> list[tuple[int, int]]:
         """The (t, t_prev) pairs a sampler visits, from T down to 0; ``None`` means all T steps."""
@@ -180,12 +208,13 @@ class LocalConsistencyScheduler:
     def step_coefficients(
         self, t: int, t_prev: int, sampler: str = "ddpm", device="cpu", dtype=torch.float32
     ) -> tuple[float, float, float]:
-        """(c_x, c_eps, σ) with x_{t_prev} = c_x·x_t − c_eps·f + σ·z.
+        """(c_x, c_eps, σ) with x_{t_prev} = c_x·x_t − c_eps·f + σ·z, f the denoiser's output.
 
         DDPM (global schedule, any stride): with a = ᾱ_t/ᾱ_{t_prev}, μ = (x_t − (1−a)/√(1−ᾱ_t)·f)/√a and
         σ² = (1−ᾱ_{t_prev})/(1−ᾱ_t)·(1−a). With t_prev = t−1 this is the textbook step, which is what makes the
         Mc-Di waypoints exact. DDIM (η = 0): x̂_0 = (x_t − √(1−ᾱ_t)·f)/√ᾱ_t, x_{t_prev} = √ᾱ_{t_prev}·x̂_0 +
-        √(1−ᾱ_{t_prev})·f, deterministic.
+        √(1−ᾱ_{t_prev})·f, deterministic. For ``prediction_type="sample"`` the coefficients take in the ε̂ that f
+        implies, (x_t − √ᾱ_t·f)/√(1−ᾱ_t), so the chain is the same one and a sampler step costs the same.
         """
         acp = self.alphas_cumprod
         a_t, a_p = float(acp[t]), float(acp[t_prev])
@@ -200,6 +229,8 @@ class LocalConsistencyScheduler:
             sigma = 0.0
         else:
             raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}.")
+        if self.config.prediction_type == "sample":
+            c_x, c_eps = c_x - c_eps / math.sqrt(1 - a_t), -c_eps * math.sqrt(a_t) / math.sqrt(1 - a_t)
         return c_x, c_eps, sigma
 
     def step(

@@ -100,6 +100,10 @@ class LLMBenchConfig(DictConfigMixin):
         default=None,
         metadata={"help": "Min-SNR-γ weighting of the diffusion loss (None: unweighted).", "omit_default": True},
     )
+    prediction_type: str = field(
+        default="epsilon",
+        metadata={"help": "What every variant's denoiser predicts: 'epsilon' or 'sample' (x̂₀).", "omit_default": True},
+    )
     variants: list[str] = field(
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
@@ -147,7 +151,7 @@ class LLMBenchConfig(DictConfigMixin):
                 **({"examples_per_class": self.examples_per_class} if self.examples_per_class else {}),
             },
             recorder=self.recorder,
-            scheduler=SchedulerConfig(num_segments=spec["num_segments"]),
+            scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=self.prediction_type),
             denoiser=self.denoiser,
             loss_variant=spec["loss_variant"],
             meta=replace(self.meta, algorithm=spec["algorithm"], seed=seed),

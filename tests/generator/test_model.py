@@ -11,7 +11,7 @@ from peft_mcdi.meta.losses import diffusion_loss, draw_loss_noise
 from tests.generator.test_codec import lora_shapes
 
 
-def make_generator(kind: str) -> McDiGenerator:
+def make_generator(kind: str, prediction_type: str = "epsilon") -> McDiGenerator:
     if kind == "mlp":
         config = GeneratorConfig(
             codec={"shapes": {"weight": [16], "bias": []}},
@@ -29,7 +29,9 @@ def make_generator(kind: str) -> McDiGenerator:
                 type="tokens", condition_dim=4, hidden_dim=32, num_layers=2, per_token_condition=True
             ),
         )
-    gen = McDiGenerator(config, SchedulerConfig(num_train_timesteps=10, num_segments=2))
+    gen = McDiGenerator(
+        config, SchedulerConfig(num_train_timesteps=10, num_segments=2, prediction_type=prediction_type)
+    )
     with torch.no_grad():  # an untrained generator predicts 0 everywhere; give it non-trivial weights
         for p in gen.parameters():
             p.add_(torch.randn_like(p) * 0.05)
@@ -93,13 +95,15 @@ def test_guidance_is_the_cfg_combination():
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_save_load_gives_identical_samples(kind, tmp_path):
-    gen, c = make_generator(kind), conditions(kind, 2)
+@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+def test_save_load_gives_identical_samples(kind, prediction_type, tmp_path):
+    gen, c = make_generator(kind, prediction_type), conditions(kind, 2)
     gen.set_training_conditions(conditions(kind, 6))
     gen.save_pretrained(tmp_path)
     assert {p.name for p in tmp_path.iterdir()} == {"config.json", "scheduler_config.json", WEIGHTS_NAME, "README.md"}
     loaded = McDiGenerator.from_pretrained(tmp_path)
     assert loaded.config == gen.config and loaded.scheduler.config == gen.scheduler.config
+    assert loaded.scheduler.config.prediction_type == prediction_type
     torch.testing.assert_close(loaded.generate_vectors(c, seed=1), gen.generate_vectors(c, seed=1), rtol=0, atol=0)
     torch.testing.assert_close(loaded.nearest_training_distance(c), gen.nearest_training_distance(c))
 

@@ -41,8 +41,8 @@ def test_local_target_epochs_by_hand():
     assert local_target_epochs(6, 1) == [6]
 
 
-def _sched(T, k, dtype=torch.float64):
-    return LocalConsistencyScheduler(num_train_timesteps=T, num_segments=k)
+def _sched(T, k, prediction_type="epsilon"):
+    return LocalConsistencyScheduler(num_train_timesteps=T, num_segments=k, prediction_type=prediction_type)
 
 
 def _exact_rescaled_noise(s, x_t, theta, t, i):
@@ -166,6 +166,78 @@ def test_d_one_segment_is_exactly_vanilla_epsilon_prediction(T):
     torch.testing.assert_close(paper, ((1 - acp) * (f - noise.noise) ** 2).mean())
     # and Tw-Di with one segment is the same vanilla loss
     torch.testing.assert_close(diffusion_loss(denoise, s, targets, noise, "twdi"), loss)
+
+
+@pytest.mark.parametrize(("T", "k"), CASES)
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_a_sample_prediction_steps_like_the_epsilon_it_implies(T, k, sampler):
+    """x̂₀-prediction changes what the network outputs, not the chain: a step from x̂₀ is the step from the ε̂ it
+    implies, (x_t − √ᾱ_t·x̂₀)/√(1−ᾱ_t), noise term included."""
+    eps_sched, x0_sched = _sched(T, k), _sched(T, k, "sample")
+    g = torch.Generator().manual_seed(2)
+    for t, t_prev in eps_sched.timesteps_for(max(1, T // 2)):
+        x_t, x0_hat, z = torch.randn(3, 7, generator=g, dtype=torch.float64)
+        acp = eps_sched.alphas_cumprod[t]
+        eps_hat = (x_t - acp.sqrt() * x0_hat) / (1 - acp).sqrt()
+        torch.testing.assert_close(
+            x0_sched.step(x0_hat, t, t_prev, x_t, z, sampler), eps_sched.step(eps_hat, t, t_prev, x_t, z, sampler)
+        )
+
+
+@pytest.mark.parametrize(("T", "k"), CASES)
+def test_b_sample_prediction_chain_reaches_local_target(T, k):
+    """Property (b) for x̂₀-prediction: with x̂₀* from ``sample_targets`` the deterministic chain sits on θ⁽ⁱ⁾ at b_i."""
+    s = _sched(T, k, "sample")
+    g = torch.Generator().manual_seed(3)
+    for i in range(1, k + 1):
+        b = s.boundaries[i - 1].item()
+        theta, x = torch.randn(2, 1, 64, generator=g)
+        for t in range(T, b, -1):
+            tt, ii = torch.tensor([t]), torch.tensor([i])
+            a_loc = s.local_alphas_cumprod(tt, ii).float()[:, None]
+            eps = (x - a_loc.sqrt() * theta) / (1 - a_loc).sqrt()  # the noise that takes θ⁽ⁱ⁾ to x_t, locally
+            x = s.step(s.sample_targets(x, eps, tt, ii), t, t - 1, x)
+        torch.testing.assert_close(x, theta, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(("T", "k"), CASES)
+def test_c_sample_prediction_loss_is_zero_at_its_target_and_the_x0_loss_for_one_segment(T, k):
+    s = _sched(T, k, "sample")
+    targets, noise = _loss_inputs(s, k)
+
+    def oracle(x_t, t, drop):
+        return s.sample_targets(x_t, noise.noise, t, noise.segments)
+
+    assert diffusion_loss(oracle, s, targets, noise, "mcdi") < 1e-8
+    final = targets[-1].expand_as(noise.noise)
+    loss_at_final = diffusion_loss(lambda x_t, t, d: final, s, targets, noise, "mcdi")
+    if k == 1:
+        assert loss_at_final < 1e-10  # one segment: the plain x₀-loss ‖x̂₀ − θ‖²
+        f = torch.randn_like(noise.noise)
+        torch.testing.assert_close(
+            diffusion_loss(lambda x_t, t, d: f, s, targets, noise, "mcdi"), ((f - targets[0]) ** 2).mean()
+        )
+    else:
+        assert loss_at_final > 1e-3  # earlier segments aim at θ⁽ⁱ⁾ (through the rescaled ε), not at θ⁽ᵏ⁾
+    # Tw-Di regresses each stretch's own θ⁽ⁱ⁾; Min-SNR-γ weighs an x̂₀-loss by min(SNR, γ)
+    twdi_targets = targets[noise.segments - 1]
+    assert diffusion_loss(lambda x_t, t, d: twdi_targets, s, targets, noise, "twdi") < 1e-12
+    j = int(noise.timesteps.argmin())
+    f = torch.randn_like(noise.noise[j : j + 1])
+    acp = s.local_alphas_cumprod(noise.timesteps[j : j + 1], noise.segments[j : j + 1])
+    snr = float(acp / (1 - acp))
+    plain, weighted = (
+        diffusion_loss(lambda x_t, t, d: f, s, targets, _only(noise, j), "mcdi", min_snr_gamma=gamma)
+        for gamma in (None, 2.0)
+    )
+    torch.testing.assert_close(weighted, plain * min(snr, 2.0))
+
+
+def test_sample_prediction_refuses_the_paper_weighting():
+    s = _sched(20, 3, "sample")
+    targets, noise = _loss_inputs(s, 3)
+    with pytest.raises(ValueError, match="weighting='epsilon'"):
+        diffusion_loss(lambda x_t, t, d: x_t, s, targets, noise, "mcdi", "paper")
 
 
 @pytest.mark.parametrize(("T", "k"), CASES)

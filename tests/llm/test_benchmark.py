@@ -8,7 +8,13 @@ import pytest
 import torch
 
 from peft_mcdi.generator.model import McDiGenerator
-from peft_mcdi.llm.benchmark import LLMBenchConfig, results_key, run_llm_benchmark, steps_to_match
+from peft_mcdi.llm.benchmark import (
+    GENERATOR_VARIANTS,
+    LLMBenchConfig,
+    results_key,
+    run_llm_benchmark,
+    steps_to_match,
+)
 from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize
 from peft_mcdi.pipeline import build_tasksets
 
@@ -126,6 +132,20 @@ def test_checkpoint_interval_does_not_change_the_cache_keys():
     assert folders[0] == folders[1] != folders[2]
     assert base.pipeline(0, "mcdi").meta.checkpoint_every > 0  # long variants checkpoint by default
     assert results_key([base.to_dict(), 0]) == results_key([other.to_dict(), 0]) != results_key([base.to_dict(), 1])
+
+
+def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_keys():
+    """x̂₀-prediction is a benchmark setting for every variant; at its default ('epsilon') it stays out of the
+    configuration dicts, so runs cached before the setting existed keep their keys."""
+    sample = LLMBenchConfig.for_base("minilm", {"prediction_type": "sample"})
+    explicit = LLMBenchConfig.for_base("minilm", {"prediction_type": "epsilon"})
+    default = LLMBenchConfig.for_base("minilm")
+    for variant in GENERATOR_VARIANTS:
+        assert sample.pipeline(0, variant).scheduler.prediction_type == "sample"
+        assert "prediction_type" not in default.pipeline(0, variant).to_dict()["scheduler"]
+        assert default.pipeline(0, variant).output_dir == explicit.pipeline(0, variant).output_dir
+        assert default.pipeline(0, variant).output_dir != sample.pipeline(0, variant).output_dir
+    assert "prediction_type" not in default.to_dict()
 
 
 def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
