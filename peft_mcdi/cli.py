@@ -122,6 +122,9 @@ def build_parser(prog: str = "mcdi") -> argparse.ArgumentParser:
     p.add_argument("--sampler", choices=["ddpm", "ddim"], default="ddpm", help="sampler (default ddpm)")
     p.add_argument("--num-steps", type=int, help="denoising steps (default: all T of the generator)")
     p.add_argument("--guidance-scale", type=float, default=1.0, help="classifier-free guidance (default 1: off)")
+    p.add_argument(
+        "--temperature", type=float, default=1.0, help="scale of the generation noise (default 1; 0: deterministic)"
+    )
     p.add_argument("--revision", help="Hub revision of the generator")
     p.set_defaults(func=cmd_generate)
 
@@ -354,6 +357,7 @@ def cmd_generate(args) -> int:
         sampler=args.sampler,
         num_sampling_steps=args.num_steps,
         guidance_scale=args.guidance_scale,
+        temperature=args.temperature,
         seed=args.seed,
         num_train_timesteps=sched.num_train_timesteps,
         num_segments=sched.num_segments,

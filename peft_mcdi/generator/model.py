@@ -173,6 +173,7 @@ class McDiGenerator(nn.Module):
         sampler: str = "ddpm",
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
+        temperature: float = 1.0,
         return_chain: bool = False,
     ):
         """Batch of conditions (B, C) [(B, N, C) for heads] → normalised weight vectors (B, D)."""
@@ -188,6 +189,7 @@ class McDiGenerator(nn.Module):
             sampler=sampler,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
+            temperature=temperature,
             layout=self.layout(num_rows),
             return_chain=return_chain,
         )
@@ -196,7 +198,8 @@ class McDiGenerator(nn.Module):
         """Conditions (B, C) [(B, N, C) for heads] → {name: (B, *shape)} in fp32 on the generator's device.
 
         ``seed``: one int (every task uses it: a task gets the same weights alone or in a batch) or one per task.
-        Other keyword arguments go to :meth:`generate_vectors` (sampler, num_inference_steps, guidance_scale).
+        Other keyword arguments go to :meth:`generate_vectors` (sampler, num_inference_steps, guidance_scale,
+        temperature).
         """
         return self.codec.decode(self.generate_vectors(condition, seed, **kwargs))
 

@@ -75,6 +75,7 @@ def sample(
     sampler: str = "ddpm",
     num_inference_steps: int | None = None,
     guidance_scale: float = 1.0,
+    temperature: float = 1.0,
     layout: TokenLayout | None = None,
     return_chain: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
@@ -88,6 +89,10 @@ def sample(
             (deterministic; with fewer steps it is faster and aims at the final target only).
         num_inference_steps: steps to take, ≤ T; ``None`` takes all T.
         guidance_scale: classifier-free guidance s, f = f_null + s·(f_cond − f_null); 1 disables it (one forward).
+        temperature: τ scales x_T and every ancestral z. 1 samples the learned distribution; below 1 the chain
+            keeps less of the noise, 0 runs it deterministically from x_T = 0 toward the mode the condition
+            implies. Where the training tasks' weights spread widely around what their conditions predict
+            (Adam noise in a LoRA zoo), a full-temperature sample carries a spread unrelated to the new task.
         return_chain: also return x_T, …, x_0 (each (B, D)), e.g. for PCA pictures of sampling paths.
 
     Returns:
@@ -95,6 +100,8 @@ def sample(
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}.")
+    if not temperature >= 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature!r}.")
     if len(seeds) != condition.shape[0]:
         raise ValueError(f"got {len(seeds)} seeds for {condition.shape[0]} conditions; pass one seed per task.")
     device = condition.device
@@ -118,7 +125,7 @@ def sample(
 
     # x lives in one buffer updated in place: D can be ~10⁶, and a fresh (B, D) tensor per step costs more in
     # allocation and page faults than the arithmetic on it.
-    x = _noise(generators, torch.empty(B, dim, device=device))
+    x = _noise(generators, torch.empty(B, dim, device=device)).mul_(temperature)
     chain = [x.clone()] if return_chain else None
     coefficients = [scheduler.step_coefficients(t, t_prev, sampler) for t, t_prev in steps]
     with _AncestralNoise(generators, x, sum(sigma > 0 for *_, sigma in coefficients)) as noise:
@@ -131,7 +138,7 @@ def sample(
                 f = f_cond.sub_(f_null).mul_(guidance_scale).add_(f_null)
             x.mul_(c_x).add_(f, alpha=-c_eps)
             if sigma > 0:
-                x.add_(noise.take(), alpha=sigma)
+                x.add_(noise.take(), alpha=sigma * temperature)
             if return_chain:
                 chain.append(x.clone())
     return (x, chain) if return_chain else x

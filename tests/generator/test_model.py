@@ -94,6 +94,24 @@ def test_guidance_is_the_cfg_combination():
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_temperature_scales_the_noise_of_the_chain(sampler):
+    """τ = 1 is the plain sampler; τ = 0 runs the chain from x_T = 0 with no ancestral noise, so every seed gives
+    the same weights; in between, x_T is τ·(the seed's noise)."""
+    gen, c = make_generator("mlp"), conditions("mlp", 2)
+    plain = gen.generate_vectors(c, seed=3, sampler=sampler)
+    torch.testing.assert_close(gen.generate_vectors(c, seed=3, sampler=sampler, temperature=1.0), plain)
+    cold = gen.generate_vectors(c, seed=3, sampler=sampler, temperature=0.0)
+    torch.testing.assert_close(gen.generate_vectors(c, seed=4, sampler=sampler, temperature=0.0), cold)
+    assert not torch.allclose(cold, plain)
+    x_T = 0.5 * torch.randn(1, 17, generator=torch.Generator().manual_seed(5))
+    expected = gen.scheduler.step(gen.denoiser(x_T, torch.tensor([10]), c[:1]), 10, 0, x_T, sampler="ddim")
+    got = gen.generate_vectors(c[:1], seed=5, sampler="ddim", num_inference_steps=1, temperature=0.5)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be >= 0"):
+        gen.generate_vectors(c, temperature=-0.1)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
 def test_save_load_gives_identical_samples(kind, prediction_type, tmp_path):

@@ -68,6 +68,7 @@ def test_registration_is_idempotent():
         ({"num_sampling_steps": 50}, "num_sampling_steps"),
         ({"rank_pattern": {"q_proj": 8}}, "rank_pattern"),
         ({"guidance_scale": -1.0}, "guidance_scale"),
+        ({"temperature": -1.0}, "temperature must be >= 0"),
     ],
 )
 def test_config_validates_at_construction(kwargs, match):
@@ -124,6 +125,22 @@ def test_batched_adapt_equals_one_by_one_and_mixed_batches_work():
     for row, name in enumerate(["a", "b", "a"]):
         model.set_adapter(name)
         torch.testing.assert_close(mixed[row], model(input_ids=x[row : row + 1]).logits[0], atol=1e-5, rtol=1e-5)
+
+
+def test_temperature_zero_gives_one_adapter_whatever_the_seed_and_is_recorded():
+    model, _ = make()
+    condition = torch.randn(COND)
+
+    def lora_after(**kwargs):
+        model.adapt(embedding=condition, **kwargs)
+        return {k: v.detach().clone() for k, v in model.base_model.lora_parameters("default").items()}
+
+    cold = lora_after(seed=1, temperature=0.0)
+    assert model.peft_config["default"].provenance["temperature"] == 0.0
+    for name, value in lora_after(seed=2, temperature=0.0).items():
+        torch.testing.assert_close(value, cold[name], rtol=0, atol=0)
+    warm = lora_after(seed=1)  # the config's temperature, 1
+    assert any(not torch.equal(warm[n], cold[n]) for n in cold)
 
 
 def test_save_load_restores_logits_and_provenance(tmp_path):

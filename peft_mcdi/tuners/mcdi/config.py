@@ -37,6 +37,13 @@ class McDiConfig(LoraConfig):
     guidance_scale: float = field(
         default=1.0, metadata={"help": "Classifier-free guidance scale; 1 disables guidance (one forward per step)."}
     )
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale of the generation noise (x_T and each ancestral step): 1 samples the generator's "
+            "distribution, 0 takes the deterministic chain from x_T = 0 (the seed no longer matters)."
+        },
+    )
     seed: int = field(default=0, metadata={"help": "Seed of the generation noise (same seed, same weights)."})
     num_train_timesteps: int = field(
         default=20, metadata={"help": "T of the generator this adapter expects (checked when one is attached)."}
@@ -82,6 +89,8 @@ class McDiConfig(LoraConfig):
             )
         if self.guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0, got {self.guidance_scale!r}.")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}.")
 
     def save_pretrained(self, save_directory: str, **kwargs) -> None:
         """Save ``adapter_config.json`` and the adapter's model card. ``PeftModel.save_pretrained`` writes peft's

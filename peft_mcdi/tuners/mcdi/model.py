@@ -175,6 +175,7 @@ class McDiModel(LoraModel):
         adapter_names: str | list[str] | None = None,
         seed: int | None = None,
         guidance_scale: float | None = None,
+        temperature: float | None = None,
         num_samples: int = 1,
         examples: dict | list[dict] | None = None,
     ) -> AdaptInfo:
@@ -185,7 +186,7 @@ class McDiModel(LoraModel):
             embedding: precomputed conditions (B, C) or (C,) instead of prompts (skips the encoder).
             adapter_names: where to write each task's weights; default: the active adapter. Missing adapters are
                 created with the active adapter's config.
-            seed, guidance_scale: override the adapter config's values.
+            seed, guidance_scale, temperature: override the adapter config's values.
             num_samples: draw this many candidates per task (seeds ``seed``, ``seed + 1``, …) and keep the one with
                 the lowest loss on ``examples``.
             examples: labelled examples for that selection: model inputs with ``labels`` (a dict for one task, a
@@ -234,6 +235,7 @@ class McDiModel(LoraModel):
 
         seed = configs[0].seed if seed is None else seed
         guidance = configs[0].guidance_scale if guidance_scale is None else guidance_scale
+        temperature = configs[0].temperature if temperature is None else temperature
         start = time.perf_counter()
         # Task j's candidate s uses seed + s whatever the batch: a task gets the same candidates alone or batched.
         weights = generator.generate(
@@ -242,6 +244,7 @@ class McDiModel(LoraModel):
             sampler=configs[0].sampler,
             num_inference_steps=configs[0].num_sampling_steps,
             guidance_scale=guidance,
+            temperature=temperature,
         )
         generator_ms = (time.perf_counter() - start) * 1e3
 
@@ -267,6 +270,8 @@ class McDiModel(LoraModel):
                 "prompt": texts[j] if embedding is None else None,
                 "seed": seed + best,
                 "num_samples": num_samples,
+                "guidance_scale": guidance,
+                "temperature": temperature,
                 "generator": self.peft_config[name].generator_name_or_path,
                 "generator_revision": self.peft_config[name].generator_revision,
                 "generator_sha256": _weights_sha256(self.peft_config[name].generator_name_or_path),
