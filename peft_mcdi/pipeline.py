@@ -74,6 +74,13 @@ class PipelineConfig(DictConfigMixin):
     )
     sampler: str = field(default="ddpm", metadata={"help": "'ddpm' or 'ddim' at evaluation."})
     num_inference_steps: int | None = field(default=None, metadata={"help": "Sampling steps (None: all T)."})
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Scale of the generation noise at evaluation (0: deterministic chain).",
+            "omit_default": True,
+        },
+    )
     eval_seed: int = field(default=0, metadata={"help": "Seed of the generation noise at evaluation."})
     output_dir: str | None = field(default=None, metadata={"help": "Where the generator and results go."})
     zoo_dir: str | None = field(default=None, metadata={"help": "Zoo folder (default: cache, keyed by a hash)."})
@@ -335,7 +342,11 @@ def evaluate_heldout(
     train_final, train_conditions = load_raw_targets(store, train_ids, 1)
     train_final = {n: v[:, 0] for n, v in train_final.items()}  # (n_train, *shape): θ_M of each task
     test_conditions = tasksets.test.conditions()
-    generate_kwargs = {"sampler": config.sampler, "num_inference_steps": config.num_inference_steps}
+    generate_kwargs = {
+        "sampler": config.sampler,
+        "num_inference_steps": config.num_inference_steps,
+        "temperature": config.temperature,
+    }
     # The generator may sit on an accelerator after training; tasks and the zoo live on the CPU.
     device = generator.device
     vectors = generator.generate_vectors(test_conditions.to(device), seed=config.eval_seed, **generate_kwargs)

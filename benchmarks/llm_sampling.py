@@ -1,0 +1,188 @@
+"""What sampling the learned distribution can reach on the WordNet adapters, and what a colder sampler gives instead.
+
+On the zoo and held-out tasks of one seed of ``benchmarks/llm.py``:
+
+1. **The ceiling of a faithful sampler.** A one-pass hypernetwork h regresses E[θ | description] from the zoo. Held-out
+   accuracy of h(c*) alone and of h(c*) + τ·(θ_j − h(c_j)), the residual of a random *training* task j: the adapter a
+   generator that samples p(θ | c) exactly would produce if the residual is as unrelated to the new description as
+   it is across the zoo. Split into the head's and the LoRA matrices' part of the residual, and the share of the
+   held-out references' variance (codec space) that h explains.
+2. **Generators at several temperatures** (``temperature`` scales x_T and every ancestral z, DDPM with all T steps):
+   ε- and x̂₀-prediction, raw and standardised conditions, Mc-Di / Mv-Di / single-level, accuracy on held-out and on
+   training categories. Each generator is the benchmark's own cached run of that configuration (trained if absent).
+
+    python benchmarks/llm_sampling.py --base minilm --seed 0
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
+from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
+from peft_mcdi.llm.benchmark import GENERATOR_VARIANTS, LLMBenchConfig, run_variant  # noqa: E402
+from peft_mcdi.pipeline import build_generator, build_tasksets, prepare_zoo  # noqa: E402
+from peft_mcdi.utils import atomic_write_text, merged  # noqa: E402
+
+
+RESULTS = Path(__file__).with_name("results")
+STANDARDIZE = {"denoiser": {"condition_normalization": "standardize"}}
+SAMPLE = {"prediction_type": "sample"}
+RECIPES = {
+    "ε-prediction, raw conditions (benchmark)": {},
+    "ε-prediction, standardised conditions": STANDARDIZE,
+    "x̂₀-prediction, raw conditions": SAMPLE,
+    "x̂₀-prediction, standardised conditions": merged(STANDARDIZE, SAMPLE),
+}
+TEMPERATURES = (1.0, 0.5, 0.0)
+RESIDUAL_SCALES = (0.0, 0.25, 0.5, 1.0)
+
+
+def accuracy(codec, vectors: torch.Tensor, tasks) -> float:
+    """Mean test accuracy of codec-space weight vectors (B, D), row j on task j."""
+    decoded = codec.decode(vectors)
+    return statistics.fmean(float(t.evaluate({n: v[j] for n, v in decoded.items()})) for j, t in enumerate(tasks))
+
+
+@torch.no_grad()
+def sampling_ceiling(config: LLMBenchConfig, seed: int, tasksets, draws: int) -> dict:
+    """Part 1: the conditional mean h(c*) with and without a training task's residual added."""
+    pipeline = config.pipeline(seed, "mcdi")
+    store, _ = prepare_zoo(pipeline, tasksets, progress=False, log=lambda *a: None)
+    generator, data = build_generator(pipeline, store, tasksets)
+    codec = generator.codec
+    hypernetwork = OnePassHypernetwork(generator.config)
+    hypernetwork.codec.load_state_dict(codec.state_dict())
+    with torch.enable_grad():
+        hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=False)
+    test = list(tasksets.test)
+    test_conditions = torch.stack([t.condition for t in test]).float()
+    mean_test, residuals = hypernetwork(test_conditions), data.targets[:, -1] - hypernetwork(data.conditions.float())
+    finals = [{n: v[-1] for n, v in store.read(t.task_id).params.items()} for t in test]  # their own adapters
+    references = codec.encode({n: torch.stack([f[n] for f in finals]) for n in codec.names})
+    spread = (references - references.mean(0)).pow(2).mean()
+    is_head = torch.cat([torch.full((k,), "lora_" not in n) for n, k in zip(codec.names, codec.numels)]).repeat(
+        codec.dim() // codec.unit_dim
+    )
+    parts = {"whole residual": torch.ones_like(is_head)}
+    if is_head.any() and not is_head.all():
+        parts |= {"head's residual only": is_head, "LoRA matrices' residual only": ~is_head}
+    rows = {}
+    for name, mask in parts.items():
+        rows[name] = {}
+        for scale in RESIDUAL_SCALES:
+            accs = []
+            for draw in range(draws if scale else 1):
+                pick = torch.randint(len(residuals), (len(test),), generator=torch.Generator().manual_seed(draw))
+                accs.append(accuracy(codec, mean_test + scale * residuals[pick] * mask, test))
+            rows[name][str(scale)] = statistics.fmean(accs)
+    return {
+        "hypernetwork_heldout": rows["whole residual"]["0.0"],
+        "heldout_variance_explained": float(1 - (references - mean_test).pow(2).mean() / spread),
+        "residual_rms": float(residuals.pow(2).mean().sqrt()),
+        "conditional_mean_rms": float((mean_test - references.mean(0)).pow(2).mean().sqrt()),
+        "residual_draws": draws,
+        "mean_plus_residual": rows,
+    }
+
+
+@torch.no_grad()
+def generator_at_temperatures(generator_dir: Path, tasksets, seen: int) -> dict:
+    generator = McDiGenerator.from_pretrained(generator_dir)
+    splits = {"heldout": list(tasksets.test), "training_categories": list(tasksets.train)[:seen]}
+    out = {}
+    for split, tasks in splits.items():
+        conditions = torch.stack([t.condition for t in tasks])
+        out[split] = {
+            str(tau): accuracy(generator.codec, generator.generate_vectors(conditions, seed=0, temperature=tau), tasks)
+            for tau in TEMPERATURES
+        }
+    return out
+
+
+def markdown(record: dict) -> str:
+    ceiling = record["ceiling"]
+    lines = [
+        f"# Sampling on the {record['base']} WordNet adapters, seed {record['seed']}",
+        "",
+        f"Produced by `{record['command']}`. Accuracy in % on the benchmark's held-out categories (one seed; the "
+        "benchmark's std over seeds, about a point, is the scale).",
+        "",
+        "## What a faithful sampler of p(θ | description) can reach",
+        "",
+        f"A one-pass hypernetwork h (the conditional mean) explains "
+        f"{100 * ceiling['heldout_variance_explained']:.1f} % of the held-out references' variance (codec space; "
+        f"residual RMS {ceiling['residual_rms']:.2f}, spread of the conditional mean "
+        f"{ceiling['conditional_mean_rms']:.2f}). Held-out accuracy of h(c*) plus τ × the residual θ_j − h(c_j) of "
+        f"a random training task j (mean over {ceiling['residual_draws']} draws):",
+        "",
+        "| residual added | " + " | ".join(f"τ = {s}" for s in RESIDUAL_SCALES) + " |",
+        "|---|" + "---|" * len(RESIDUAL_SCALES),
+    ]
+    for name, row in ceiling["mean_plus_residual"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{100 * row[str(s)]:.1f}" for s in RESIDUAL_SCALES) + " |")
+    lines += [
+        "",
+        "## Generators at several sampling temperatures",
+        "",
+        "DDPM, all T steps, `temperature` τ scaling x_T and every ancestral z (τ = 0: the deterministic chain from "
+        "x_T = 0). Held-out categories / the first training categories (their own descriptions).",
+        "",
+        "| recipe | variant | "
+        + " | ".join(f"held-out τ = {t}" for t in TEMPERATURES)
+        + " | "
+        + " | ".join(f"training τ = {t}" for t in TEMPERATURES)
+        + " |",
+        "|---|---|" + "---|" * (2 * len(TEMPERATURES)),
+    ]
+    for recipe, variants in record["generators"].items():
+        for variant, r in variants.items():
+            cells = [
+                f"{100 * r[split][str(t)]:.1f}" for split in ("heldout", "training_categories") for t in TEMPERATURES
+            ]
+            lines.append(f"| {recipe} | {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", default="minilm")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--draws", type=int, default=3, help="random residual draws averaged per cell of part 1")
+    parser.add_argument("--seen", type=int, default=40, help="training categories evaluated in part 2")
+    parser.add_argument("--out-dir", default=str(RESULTS))
+    args = parser.parse_args()
+    default = LLMBenchConfig.for_base(args.base)
+    tasksets = build_tasksets(default.pipeline(args.seed, "mcdi"))
+    record = {
+        "command": f"python benchmarks/llm_sampling.py --base {args.base} --seed {args.seed}",
+        "base": args.base,
+        "seed": args.seed,
+        "ceiling": sampling_ceiling(default, args.seed, tasksets, args.draws),
+        "recipes": RECIPES,
+        "generators": {},
+    }
+    print(json.dumps(record["ceiling"], indent=1), flush=True)
+    for recipe, override in RECIPES.items():
+        config = LLMBenchConfig.for_base(args.base, override)
+        for variant in GENERATOR_VARIANTS:
+            pipeline = config.pipeline(args.seed, variant)
+            run_variant(pipeline, tasksets, progress=False, log=lambda *a: None)
+            result = generator_at_temperatures(Path(pipeline.output_dir) / "generator", tasksets, args.seen)
+            record["generators"].setdefault(recipe, {})[variant] = result
+            print(f"{recipe} / {variant}: {json.dumps(result)}", flush=True)
+    stem = Path(args.out_dir) / f"llm_{args.base}_sampling"
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1))
+    atomic_write_text(stem.with_suffix(".md"), markdown(record))
+    print(stem.with_suffix(".md").read_text())
+
+
+if __name__ == "__main__":
+    main()
