@@ -38,8 +38,6 @@ RECIPES = {
     "standardised + 4× meta-training at 3× outer lr": merged(STANDARDIZE, LONG),
     "min-SNR-5 loss weighting": {"min_snr_gamma": 5.0},
     "min-SNR-5 + standardised": merged(STANDARDIZE, {"min_snr_gamma": 5.0}),
-    "x̂₀-prediction": {"prediction_type": "sample"},
-    "x̂₀-prediction + standardised": merged(STANDARDIZE, {"prediction_type": "sample"}),
 }
 
 
@@ -103,12 +101,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", default="minilm")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--recipes",
-        nargs="+",
-        type=int,
-        help="indices into RECIPES (default: all); rows already in the results file for other recipes are kept",
-    )
+    parser.add_argument("--recipes", nargs="+", type=int, help="indices into RECIPES (default: all)")
     parser.add_argument("--out-dir", default=str(RESULTS))
     args = parser.parse_args()
     names = [list(RECIPES)[i] for i in args.recipes] if args.recipes else list(RECIPES)
@@ -119,12 +112,9 @@ def main() -> None:
         generator_dir = Path(config.pipeline(args.seed, "mcdi").output_dir) / "generator"
         rows[name] = row(run_llm_benchmark(config, args.seed), generator_dir)
         print(f"{name}: {json.dumps({k: round(v, 4) for k, v in rows[name].items()})}", flush=True)
+    command = "python benchmarks/llm_recipes.py " + " ".join(sys.argv[1:])
     stem = Path(args.out_dir) / f"llm_{args.base}_recipes"
-    command = f"python benchmarks/llm_recipes.py --base {args.base} --seed {args.seed}"  # reproduces every row
-    earlier = json.loads(stem.with_suffix(".json").read_text()) if stem.with_suffix(".json").is_file() else {}
-    if args.recipes and earlier.get("seed") == args.seed:  # a subset adds its rows to the table, in RECIPES order
-        rows = {n: rows.get(n) or earlier["rows"][n] for n in RECIPES if n in rows or n in earlier["rows"]}
-    record = {"command": command, "seed": args.seed, "overrides": {n: RECIPES[n] for n in rows}, "rows": rows}
+    record = {"command": command, "seed": args.seed, "overrides": {n: RECIPES[n] for n in names}, "rows": rows}
     atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1))
     atomic_write_text(stem.with_suffix(".md"), markdown(rows, args.base, args.seed, command))
     print(stem.with_suffix(".md").read_text())

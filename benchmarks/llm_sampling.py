@@ -35,11 +35,14 @@ from peft_mcdi.utils import atomic_write_text, merged  # noqa: E402
 RESULTS = Path(__file__).with_name("results")
 STANDARDIZE = {"denoiser": {"condition_normalization": "standardize"}}
 SAMPLE = {"prediction_type": "sample"}
+LONG = {"meta": {"num_outer_steps": 2400, "outer_lr": 3e-3}}
+# name → (override of the benchmark configuration, generator variants trained with it)
 RECIPES = {
-    "ε-prediction, raw conditions (benchmark)": {},
-    "ε-prediction, standardised conditions": STANDARDIZE,
-    "x̂₀-prediction, raw conditions": SAMPLE,
-    "x̂₀-prediction, standardised conditions": merged(STANDARDIZE, SAMPLE),
+    "ε-prediction, raw conditions (benchmark)": ({}, GENERATOR_VARIANTS),
+    "ε-prediction, standardised conditions": (STANDARDIZE, GENERATOR_VARIANTS),
+    "x̂₀-prediction, raw conditions": (SAMPLE, GENERATOR_VARIANTS),
+    "x̂₀-prediction, standardised conditions": (merged(STANDARDIZE, SAMPLE), GENERATOR_VARIANTS),
+    "x̂₀, standardised, 4× meta-training at 3× outer lr": (merged(merged(STANDARDIZE, SAMPLE), LONG), ("mcdi",)),
 }
 TEMPERATURES = (1.0, 0.5, 0.0)
 RESIDUAL_SCALES = (0.0, 0.25, 0.5, 1.0)
@@ -166,13 +169,13 @@ def main() -> None:
         "base": args.base,
         "seed": args.seed,
         "ceiling": sampling_ceiling(default, args.seed, tasksets, args.draws),
-        "recipes": RECIPES,
+        "recipes": {name: override for name, (override, _) in RECIPES.items()},
         "generators": {},
     }
     print(json.dumps(record["ceiling"], indent=1), flush=True)
-    for recipe, override in RECIPES.items():
+    for recipe, (override, variants) in RECIPES.items():
         config = LLMBenchConfig.for_base(args.base, override)
-        for variant in GENERATOR_VARIANTS:
+        for variant in variants:
             pipeline = config.pipeline(args.seed, variant)
             run_variant(pipeline, tasksets, progress=False, log=lambda *a: None)
             result = generator_at_temperatures(Path(pipeline.output_dir) / "generator", tasksets, args.seen)

@@ -104,6 +104,14 @@ class LLMBenchConfig(DictConfigMixin):
         default="epsilon",
         metadata={"help": "What every variant's denoiser predicts: 'epsilon' or 'sample' (x̂₀).", "omit_default": True},
     )
+    temperature: float = field(
+        default=1.0,
+        metadata={
+            "help": "Sampling temperature of every generated adapter (evaluation, user's path, seen categories): "
+            "1 samples the generator's distribution, 0 the deterministic chain.",
+            "omit_default": True,
+        },
+    )
     variants: list[str] = field(
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
@@ -159,8 +167,11 @@ class LLMBenchConfig(DictConfigMixin):
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,
             min_snr_gamma=self.min_snr_gamma,
+            temperature=self.temperature,
         )
-        config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(config.to_dict())}")
+        # the temperature only changes the evaluation: another one re-evaluates the same trained generator
+        trained = {k: v for k, v in config.to_dict().items() if k != "temperature"}
+        config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(trained)}")
         return config
 
 
@@ -177,10 +188,13 @@ def results_key(value) -> str:
 
 
 def run_variant(config: PipelineConfig, tasksets, progress: bool, log=print) -> dict:
-    """A generator variant's pipeline results (read back when that exact configuration already finished)."""
+    """A generator variant's pipeline results (read back when that exact configuration already finished; under
+    another temperature the finished generator is evaluated again, without training)."""
     path = Path(config.output_dir) / "results.json"
     if path.is_file():
-        return _read_json(path)
+        results = _read_json(path)
+        if results["config"].get("temperature", 1.0) == config.temperature:
+            return results
     return run_pipeline(config, progress=progress, log=log, tasksets=tasksets)
 
 
@@ -250,7 +264,12 @@ def users_path(config: LLMBenchConfig, generator_dir: Path, tasksets, seed: int)
     the generator (medians; the first call, which loads the encoder, excluded)."""
     spec = BASES[config.base]
     model, _ = build_peft_model(
-        config.base, spec["r"], spec["target_modules"], seed, generator_name_or_path=str(generator_dir)
+        config.base,
+        spec["r"],
+        spec["target_modules"],
+        seed,
+        generator_name_or_path=str(generator_dir),
+        temperature=config.temperature,
     )
     tasks = list(tasksets.test)
     names, descriptions = [t.task_id for t in tasks], [t.concept.description for t in tasks]
@@ -294,7 +313,7 @@ def adapt_latency(model, description: str, adapter_name: str, repeats: int) -> d
 
 
 @torch.no_grad()
-def seen_categories(generator_dir: Path, store: ZooStore, tasks) -> dict:
+def seen_categories(generator_dir: Path, store: ZooStore, tasks, temperature: float = 1.0) -> dict:
     """Training categories with their training descriptions and with new ones (``ConceptTask.paraphrase``), on their
     test words: an easier split than held-out categories, never reported as held-out; their own trained adapters
     beside them for scale."""
@@ -304,7 +323,7 @@ def seen_categories(generator_dir: Path, store: ZooStore, tasks) -> dict:
     paraphrases = TextEncoder(DEFAULT_TEXT_ENCODER).encode([t.concept.paraphrase for t in tasks])
 
     def accuracy(conditions: torch.Tensor) -> list[float]:
-        weights = generator.generate(conditions, seed=0)
+        weights = generator.generate(conditions, seed=0, temperature=temperature)
         return [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
 
     return {
@@ -367,7 +386,8 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     user = users_path(config, run_folder / "generator", tasksets, seed)
     store = ZooStore(zoo)
     reference_auc = [t.roc_auc(final(store, t)) for t in tasks]
-    seen = seen_categories(run_folder / "generator", store, list(tasksets.train)[: config.seen_tasks])
+    seen_tasks = list(tasksets.train)[: config.seen_tasks]
+    seen = seen_categories(run_folder / "generator", store, seen_tasks, config.temperature)
     record = {
         "seed": seed,
         "task_ids": [t.task_id for t in tasks],

@@ -13,6 +13,7 @@ from peft_mcdi.llm.benchmark import (
     LLMBenchConfig,
     results_key,
     run_llm_benchmark,
+    run_variant,
     steps_to_match,
 )
 from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize
@@ -146,6 +147,20 @@ def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_k
         assert default.pipeline(0, variant).output_dir == explicit.pipeline(0, variant).output_dir
         assert default.pipeline(0, variant).output_dir != sample.pipeline(0, variant).output_dir
     assert "prediction_type" not in default.to_dict()
+
+
+def test_another_temperature_reevaluates_the_trained_generator(config, record):
+    """The temperature changes the evaluation only: same run folder, no meta-training step taken again, the
+    deterministic chain's adapters in the results, and a record of its own."""
+    cold = LLMBenchConfig.for_base("minilm", {**TINY, "temperature": 0.0})
+    warm_run, cold_run = config.pipeline(0, "mcdi"), cold.pipeline(0, "mcdi")
+    assert warm_run.output_dir == cold_run.output_dir and cold_run.temperature == 0.0
+    results = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
+    assert results["resumed_from_step"] == cold_run.meta.num_outer_steps  # nothing trained again
+    assert results["config"]["temperature"] == 0.0
+    again = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
+    assert again["heldout_metric"] == results["heldout_metric"]  # read back
+    assert results_key([cold.to_dict(), 0]) != results_key([config.to_dict(), 0])
 
 
 def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
