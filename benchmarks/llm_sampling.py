@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.llm_recipes import condition_effect  # noqa: E402
 from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
 from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 from peft_mcdi.llm.benchmark import GENERATOR_VARIANTS, LLMBenchConfig, run_variant  # noqa: E402
@@ -154,15 +155,20 @@ def markdown(record: dict) -> str:
         + " | ".join(f"held-out τ = {t}" for t in TEMPERATURES)
         + " | "
         + " | ".join(f"training τ = {t}" for t in TEMPERATURES)
-        + " |",
-        "|---|---|" + "---|" * (2 * len(TEMPERATURES)),
+        + " | condition effect |",
+        "|---|---|" + "---|" * (2 * len(TEMPERATURES) + 1),
     ]
     for recipe, variants in record["generators"].items():
         for variant, r in variants.items():
             cells = [
                 f"{100 * r[split][str(t)]:.1f}" for split in ("heldout", "training_categories") for t in TEMPERATURES
             ]
-            lines.append(f"| {recipe} | {variant} | " + " | ".join(cells) + " |")
+            lines.append(f"| {recipe} | {variant} | " + " | ".join(cells) + f" | {r['condition_effect']:.3f} |")
+    lines += [
+        "",
+        "*Condition effect*: distance between generations for different training tasks under the same noise, over the "
+        "distance between two noise draws for one task (as in `llm_recipes.py`; near 0: the description is ignored).",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -191,7 +197,9 @@ def main() -> None:
         for variant in variants:
             pipeline = config.pipeline(args.seed, variant)
             run_variant(pipeline, tasksets, progress=False, log=lambda *a: None)
-            result = generator_at_temperatures(Path(pipeline.output_dir) / "generator", tasksets, args.seen)
+            generator_dir = Path(pipeline.output_dir) / "generator"
+            result = generator_at_temperatures(generator_dir, tasksets, args.seen)
+            result["condition_effect"] = condition_effect(generator_dir)
             record["generators"].setdefault(recipe, {})[variant] = result
             print(f"{recipe} / {variant}: {json.dumps(result)}", flush=True)
     stem = Path(args.out_dir) / f"llm_{args.base}_sampling"

@@ -325,7 +325,13 @@ def cmd_generate(args) -> int:
     if base is None:
         if args.export_lora:
             raise CommandError("--export-lora needs a LoRA generator with a base model (metadata or --base-model)")
-        weights = generator.generate(condition[None], seed=args.seed, **_sampling(args))
+        weights = generator.generate(
+            condition[None],
+            seed=args.seed,
+            guidance_scale=args.guidance_scale,
+            temperature=args.temperature,
+            **_sampling(args),
+        )
         tensors = {k: v[0].contiguous() for k, v in weights.items()}
         atomic_write(out / "generated.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
         record = {
@@ -335,6 +341,8 @@ def cmd_generate(args) -> int:
             "seed": args.seed,
             "sampler": args.sampler,
             "num_steps": args.num_steps,
+            "guidance_scale": args.guidance_scale,
+            "temperature": args.temperature,
             "peft_mcdi_version": peft_mcdi.__version__,
         }
         atomic_write_text(out / "generation.json", json.dumps(record, indent=2))
@@ -551,7 +559,11 @@ def _bench_run_dir(args) -> int:
         raise CommandError(f"{results_path} is not a results file of `mcdi train` (no heldout_metric)")
     config = _run_config(run_dir, results)
     generator = load_generator(str(run_dir / "generator"), device=args.device)
-    sampling = {"sampler": config.sampler, "num_inference_steps": config.num_inference_steps}
+    sampling = {
+        "sampler": config.sampler,
+        "num_inference_steps": config.num_inference_steps,
+        "temperature": config.temperature,
+    }
     if args.curve_tasks or args.pca_tasks:  # what fails on a user mistake comes before the timing
         store = _run_zoo(results, config)
         tasksets = build_tasksets(config)

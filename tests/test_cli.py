@@ -133,6 +133,17 @@ def test_train_then_generate_eval_bench_card(capsys, tmp_path, tiny_yaml):
     tensors = load_file(gen_out / "generated.safetensors")
     assert tensors["weight"].shape == (16,) and tensors["bias"].shape == ()
     assert json.loads((gen_out / "generation.json").read_text())["condition"] == pytest.approx([0.1, -0.2, 0.3, 0.5])
+    cold = [tmp_path / f"cold{seed}" for seed in (1, 2)]  # temperature 0: the seed no longer matters
+    for seed, folder in zip((1, 2), cold):
+        code, _, err = cli(
+            capsys, "generate", "--generator", generator, "--condition", "0.1,-0.2,0.3,0.5", "--out", folder,
+            "--temperature", "0", "--seed", str(seed),
+        )  # fmt: skip
+        assert code == 0, err
+    assert load_file(cold[0] / "generated.safetensors")["weight"].equal(
+        load_file(cold[1] / "generated.safetensors")["weight"]
+    )
+    assert json.loads((cold[0] / "generation.json").read_text())["temperature"] == 0.0
     code, _, err = cli(capsys, "generate", "--generator", generator, "--condition", "1,2", "--out", gen_out)
     assert_one_line_error(code, err, "width 4")
     code, _, err = cli(
