@@ -266,9 +266,8 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
     resumed_from = trainer.step if trainer.maybe_resume() else 0
     if resumed_from:
         log(f"meta-train: resuming from the checkpoint at step {resumed_from} in {output_dir / 'train'}")
-    t0 = time.perf_counter()
     history = trainer.train(progress=progress)
-    train_seconds = time.perf_counter() - t0
+    train_seconds = trainer.train_seconds  # every session's outer steps, not only this call's
     log(
         f"meta-train: {config.meta.num_outer_steps} outer steps ({config.meta.algorithm}) on {world_size} "
         f"process(es), final loss {history[-1]['loss']:.4f} ({train_seconds:.1f} s)"

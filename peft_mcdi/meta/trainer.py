@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -107,6 +108,9 @@ class MetaTrainer:
         self.optimizer = opt_cls(self.params.values(), lr=config.outer_lr)
         self.step = 0
         self.history: list[dict] = []
+        # Seconds spent in outer steps, over every session of a resumed run (saved with each checkpoint): a
+        # re-evaluation or a run stopped and resumed still reports what the generator cost to train.
+        self.train_seconds = 0.0
         num_rows = data.conditions.shape[1] if generator.codec.row_tokens else None
         self.layout = generator.layout(num_rows)
         self._grad_fn = grad_and_value(self._slot_loss)
@@ -206,7 +210,9 @@ class MetaTrainer:
         )
         window = []
         while self.step < cfg.num_outer_steps:
+            start = time.perf_counter()
             window.append(self.outer_step())
+            self.train_seconds += time.perf_counter() - start
             bar.update(1)
             if self.step % cfg.log_every == 0 or self.step == cfg.num_outer_steps:
                 record = {"step": self.step, "loss": sum(window) / len(window)}
@@ -238,7 +244,12 @@ class MetaTrainer:
             self.generator.save_pretrained(folder)
             state = self.optimizer.state_dict()
             atomic_write(folder / OPTIMIZER_NAME, lambda tmp: torch.save(state, tmp))
-            meta = {"step": self.step, "identity": self._identity(), "history": self.history}
+            meta = {
+                "step": self.step,
+                "identity": self._identity(),
+                "history": self.history,
+                "train_seconds": self.train_seconds,
+            }
             atomic_write_text(folder / STATE_NAME, json.dumps(meta, indent=2))
             atomic_write_text(self.output_dir / LATEST_NAME, folder.name)
             for old in self.output_dir.glob("checkpoint-*"):
@@ -265,4 +276,5 @@ class MetaTrainer:
             torch.load(folder / OPTIMIZER_NAME, map_location=self.device, weights_only=True)
         )
         self.step, self.history = meta["step"], meta["history"]
+        self.train_seconds = meta.get("train_seconds", 0.0)  # checkpoints written before it was recorded: 0
         return True

@@ -157,6 +157,7 @@ def test_another_temperature_reevaluates_the_trained_generator(config, record):
     assert warm_run.output_dir == cold_run.output_dir and cold_run.temperature == 0.0
     results = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
     assert results["resumed_from_step"] == cold_run.meta.num_outer_steps  # nothing trained again
+    assert results["meta_train_seconds"] == pytest.approx(record["meta_train_seconds"]["mcdi"])  # what it cost
     assert results["config"]["temperature"] == 0.0
     again = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
     assert again["heldout_metric"] == results["heldout_metric"]  # read back

@@ -98,11 +98,16 @@ def test_resume_continues_exactly(tmp_path, algorithm):
     MetaTrainer(straight, data, MetaTrainConfig(num_outer_steps=6, **cfg)).train(progress=False)
 
     interrupted = copy.deepcopy(gen)
-    MetaTrainer(interrupted, data, MetaTrainConfig(num_outer_steps=3, **cfg), output_dir=tmp_path).train(False)
+    first = MetaTrainer(interrupted, data, MetaTrainConfig(num_outer_steps=3, **cfg), output_dir=tmp_path)
+    first.train(False)
     resumed_gen = copy.deepcopy(gen)  # a fresh process: starts from the initial weights, finds the checkpoint
     trainer = MetaTrainer(resumed_gen, data, MetaTrainConfig(num_outer_steps=6, **cfg), output_dir=tmp_path)
     history = trainer.train(progress=False)
     assert [h["step"] for h in history] == [1, 2, 3, 4, 5, 6]
+    assert trainer.train_seconds > first.train_seconds > 0  # the training time of both sessions
+    finished = MetaTrainer(copy.deepcopy(gen), data, MetaTrainConfig(num_outer_steps=6, **cfg), output_dir=tmp_path)
+    finished.train(False)  # nothing left to train: a re-evaluation still knows what training cost
+    assert finished.train_seconds == trainer.train_seconds
     for (name, p), q in zip(straight.named_parameters(), resumed_gen.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["checkpoint-6", "latest"]
