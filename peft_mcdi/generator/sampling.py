@@ -125,10 +125,17 @@ def sample(
 
     # x lives in one buffer updated in place: D can be ~10⁶, and a fresh (B, D) tensor per step costs more in
     # allocation and page faults than the arithmetic on it.
-    x = _noise(generators, torch.empty(B, dim, device=device)).mul_(temperature)
+    # At temperature 0 no noise is drawn at all (the draws are a large share of a chain's time at LoRA sizes).
+    warm = temperature > 0
+    x = (
+        _noise(generators, torch.empty(B, dim, device=device)).mul_(temperature)
+        if warm
+        else torch.zeros(B, dim, device=device)
+    )
     chain = [x.clone()] if return_chain else None
     coefficients = [scheduler.step_coefficients(t, t_prev, sampler) for t, t_prev in steps]
-    with _AncestralNoise(generators, x, sum(sigma > 0 for *_, sigma in coefficients)) as noise:
+    num_draws = sum(sigma > 0 for *_, sigma in coefficients) if warm else 0
+    with _AncestralNoise(generators, x, num_draws) as noise:
         for s, (c_x, c_eps, sigma) in enumerate(coefficients):
             x_in = torch.cat([x, x]) if guided else x
             step_mods = [tuple(m[s] for m in block) for block in mods]
@@ -137,7 +144,7 @@ def sample(
                 f_cond, f_null = f.chunk(2)
                 f = f_cond.sub_(f_null).mul_(guidance_scale).add_(f_null)
             x.mul_(c_x).add_(f, alpha=-c_eps)
-            if sigma > 0:
+            if sigma > 0 and warm:
                 x.add_(noise.take(), alpha=sigma * temperature)
             if return_chain:
                 chain.append(x.clone())
