@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.llm_recipes import condition_effect  # noqa: E402
+from benchmarks.llm_recipes import CONDITION_EFFECT_NOTE, STANDARDIZE, condition_effect  # noqa: E402
 from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
 from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 from peft_mcdi.llm.benchmark import GENERATOR_VARIANTS, LLMBenchConfig, run_variant  # noqa: E402
@@ -34,7 +34,6 @@ from peft_mcdi.utils import atomic_write_text, merged  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
-STANDARDIZE = {"denoiser": {"condition_normalization": "standardize"}}
 SAMPLE = {"prediction_type": "sample"}
 LONG = {"meta": {"num_outer_steps": 2400, "outer_lr": 3e-3}}
 # name → (override of the benchmark configuration, generator variants trained with it)
@@ -164,12 +163,7 @@ def markdown(record: dict) -> str:
                 f"{100 * r[split][str(t)]:.1f}" for split in ("heldout", "training_categories") for t in TEMPERATURES
             ]
             lines.append(f"| {recipe} | {variant} | " + " | ".join(cells) + f" | {r['condition_effect']:.3f} |")
-    lines += [
-        "",
-        "*Condition effect*: distance between generations for different training tasks under the same noise, over the "
-        "distance between two noise draws for one task (as in `llm_recipes.py`; near 0: the description is ignored).",
-    ]
-    return "\n".join(lines) + "\n"
+    return "\n".join([*lines, "", CONDITION_EFFECT_NOTE]) + "\n"
 
 
 def main() -> None:
