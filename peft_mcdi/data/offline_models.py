@@ -54,6 +54,18 @@ def smollm2_path() -> str:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)  # the folder appears complete or not at all
+    publish_folder(tmp, target)
     return str(target)
+
+
+def publish_folder(tmp: Path, target: Path) -> None:
+    """Move a fully written folder into place, so that it appears complete or not at all. Shards of a collection
+    start together on a fresh machine and all convert the model: the first to finish publishes, the others find the
+    folder there (a rename cannot replace a non-empty folder), drop their identical copy and use it."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.replace(tmp, target)
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+        shutil.rmtree(tmp)
