@@ -4,12 +4,15 @@ A tiny random Llama gets an MCDI adapter and a (perturbed) untrained generator o
 to the device, as users do. Checked there: ``adapt()`` generates on the device (the generator follows the model),
 one task and a batch of tasks, peft's mixed-adapter forward, save; a seed reproduces its adapter on the device and
 different seeds differ. Reported beside the CPU run: the adapter and logit differences (nonzero by design: CPU and
-CUDA draw different noise streams for one seed) and the noise device seen by the sampler.
+CUDA draw different noise streams for one seed) and the noise device seen by the sampler. Both denoiser outputs
+(ε- and x̂₀-prediction) run, and so does temperature 0, which draws no noise: its adapter must match the CPU's to
+float precision, the one way to get the same adapter on both devices.
 
     python benchmarks/cuda_check.py --out benchmarks/results/cuda_check.json    # on a GPU machine
 """
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -23,9 +26,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import peft_mcdi.generator.sampling as sampling  # noqa: E402
 from peft_mcdi import McDiConfig  # noqa: E402
+from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 
 
-def build():
+PREDICTION_TYPES = ("epsilon", "sample")
+
+
+def build(prediction_type: str):
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=64,
@@ -41,6 +48,10 @@ def build():
         g = torch.Generator().manual_seed(1)
         for p in generator.parameters():
             p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    scheduler = dataclasses.replace(generator.scheduler.config, prediction_type=prediction_type)
+    same_weights = McDiGenerator(generator.config, scheduler)
+    same_weights.load_state_dict(generator.state_dict())
+    model.attach_generator(same_weights)
     return model.eval()
 
 
@@ -52,12 +63,12 @@ def max_diff(a: dict, b: dict) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-def run(device: str) -> dict:
+def run(device: str, prediction_type: str) -> dict:
     noise_devices = []
     draw = sampling._task_generators
     sampling._task_generators = lambda seeds, dev: (noise_devices.append(str(dev)), draw(seeds, dev))[1]
     try:
-        model = build().to(device)  # moved after the generator was attached
+        model = build(prediction_type).to(device)  # moved after the generator was attached
         cond = torch.randn(8, generator=torch.Generator().manual_seed(2)).to(device)
         x = torch.randint(0, 64, (3, 6), generator=torch.Generator().manual_seed(4)).to(device)
         info = model.adapt(embedding=cond, seed=3)
@@ -67,9 +78,11 @@ def run(device: str) -> dict:
         again = lora(model)
         model.adapt(embedding=cond, seed=4)
         seed4 = lora(model)
+        model.adapt(embedding=cond, seed=3, temperature=0.0)
+        cold = lora(model)
         model.adapt(embedding=torch.stack([cond, -cond]), adapter_names=["a", "b"], seed=3)
         mixed = model(input_ids=x, adapter_names=["a", "b", "a"]).logits
-        model.save_pretrained(f"/tmp/cuda_check-{device.replace(':', '_')}")
+        model.save_pretrained(f"/tmp/cuda_check-{prediction_type}-{device.replace(':', '_')}")
     finally:
         sampling._task_generators = draw
     return {
@@ -79,6 +92,7 @@ def run(device: str) -> dict:
         "seed3_vs_seed4_max_diff": max_diff(seed3, seed4),
         "mixed_batch_finite": bool(torch.isfinite(mixed).all()),
         "_lora": seed3,
+        "_cold": cold,
         "_logits": logits.detach(),
     }
 
@@ -88,17 +102,24 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("results") / "cuda_check.json")
     args = parser.parse_args()
-    runs = {"cpu": run("cpu"), args.device: run(args.device)}
     record = {
         "command": "python benchmarks/cuda_check.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else args.device,
-        **{name: {k: v for k, v in r.items() if not k.startswith("_")} for name, r in runs.items()},
-        "adapter_max_diff_cpu_vs_device": max_diff(runs["cpu"]["_lora"], runs[args.device]["_lora"]),
-        "logit_max_diff_cpu_vs_device": float((runs["cpu"]["_logits"] - runs[args.device]["_logits"]).abs().max()),
     }
     wanted = torch.device(args.device).type
-    record["generates_on_device"] = all(torch.device(d).type == wanted for d in runs[args.device]["noise_devices"])
+    for prediction_type in PREDICTION_TYPES:
+        cpu, dev = run("cpu", prediction_type), run(args.device, prediction_type)
+        record[prediction_type] = {
+            **{
+                name: {k: v for k, v in r.items() if not k.startswith("_")}
+                for name, r in (("cpu", cpu), (args.device, dev))
+            },
+            "adapter_max_diff_cpu_vs_device": max_diff(cpu["_lora"], dev["_lora"]),
+            "temperature_0_adapter_max_diff_cpu_vs_device": max_diff(cpu["_cold"], dev["_cold"]),
+            "logit_max_diff_cpu_vs_device": float((cpu["_logits"] - dev["_logits"]).abs().max()),
+            "generates_on_device": all(torch.device(d).type == wanted for d in dev["noise_devices"]),
+        }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=2))
     print(json.dumps(record, indent=2))
