@@ -463,7 +463,8 @@ class TokenSetDenoiser(_Denoiser):
             out = sample.new_empty(sample.shape)
             for g, o in zip(groups, outs):
                 out[:, g.flat] = o
-        return out if skip is None else out.addcmul_(skip[:, None], sample)  # out is ours: no (B, D) copy
+        # out of place: under the meta-trainer's vmap an in-place addcmul_ has no batching rule (a per-task loop)
+        return out if skip is None else torch.addcmul(out, skip[:, None], sample)
 
 
 def build_denoiser(

@@ -1,6 +1,7 @@
 """Reptile and single-level outer updates against hand computations; checkpoint/resume; bad input."""
 
 import copy
+import warnings
 
 import pytest
 import torch
@@ -135,3 +136,21 @@ def test_bad_config_names_the_argument():
         MetaTrainConfig(algorithm="maml")
     with pytest.raises(ValueError, match="meta_batch_size"):
         MetaTrainConfig(meta_batch_size=0)
+
+
+def test_the_vmapped_outer_step_has_no_per_task_fallback():
+    """Every op in the token denoiser has a vmap batching rule; one without runs a Python loop over the meta-batch
+    (and torch warns on every training run)."""
+    gen = McDiGenerator(
+        GeneratorConfig(
+            codec={"shapes": {"a": [4, 6], "b": [6, 4]}},
+            denoiser=DenoiserConfig(type="tokens", condition_dim=3, hidden_dim=16, num_layers=1),
+        ),
+        SchedulerConfig(num_train_timesteps=10, num_segments=2),
+    )
+    data = ZooTensors([f"t{i}" for i in range(4)], torch.randn(4, 2, 48), torch.randn(4, 3))
+    trainer = MetaTrainer(gen, data, MetaTrainConfig(meta_batch_size=2, inner_steps=1, samples_per_task=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer.outer_step()
+    assert not [w for w in caught if "batching rule" in str(w.message)]
