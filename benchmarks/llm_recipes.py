@@ -29,12 +29,12 @@ from peft_mcdi.utils import atomic_write_text, merged  # noqa: E402
 RESULTS = Path(__file__).with_name("results")
 LONG = {"meta": {"num_outer_steps": 2400, "outer_lr": 3e-3}, "hypernetwork_steps": 2400}
 STANDARDIZE = {"denoiser": {"condition_normalization": "standardize"}}
-# name → override of the benchmark configuration (the default recipe is the benchmark's own, all variants).
 CONDITION_EFFECT_NOTE = (
     "*Condition effect*: distance between generations for different training tasks under the same noise, over the "
     "distance between two noise draws for one task (40 training descriptions). Near 0, the generator ignores the "
     "description and samples an unconditional model of the zoo."
 )
+# name → override of the benchmark configuration (the default recipe is the benchmark's own, all variants).
 RECIPES = {
     "benchmark recipe (600 outer steps, outer lr 1e-3)": {},
     "head ×48 in the diffusion loss (half the loss on the head)": {"loss_tensor_weights": {"classifier.*": 48.0}},
