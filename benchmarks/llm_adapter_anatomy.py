@@ -40,6 +40,19 @@ def with_head(task, row: torch.Tensor) -> dict[str, torch.Tensor]:
     return params
 
 
+def delta_structure(deltas: torch.Tensor) -> dict[str, float]:
+    """How much of the task deltas (n tasks × weights) all tasks share — the energy of their mean — and how aligned
+    what is left is between tasks (mean |cos| of the centred deltas, 0 for unrelated directions)."""
+    n = len(deltas)
+    mean = deltas.mean(0)
+    centred = torch.nn.functional.normalize(deltas - mean, dim=1)
+    cos = (centred @ centred.T).abs()
+    return {
+        "delta_energy_shared_across_tasks": float(mean.pow(2).sum() * n / deltas.pow(2).sum()),
+        "mean_abs_cos_centred_deltas": float((cos.sum() - n) / (n * (n - 1))),
+    }
+
+
 @torch.no_grad()
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -76,10 +89,6 @@ def main() -> None:
         base = torch.cat([theta0[n].flatten() for n in names])
         scale[p] = {"numel": sum(theta0[n].numel() for n in names), "delta_rms": float(d.pow(2).mean().sqrt()),
                     "theta0_rms": float(base.pow(2).mean().sqrt())}  # fmt: skip
-    mean = deltas.mean(0)
-    centred = torch.nn.functional.normalize(deltas - mean, dim=1)
-    cos = (centred @ centred.T).abs()
-    n = len(train)
 
     conditions = torch.stack([t.condition for t in train]).float()
     heads = torch.stack([torch.cat([final[t.task_id]["classifier.weight"][1], final[t.task_id]["classifier.bias"][1:]])
@@ -95,8 +104,7 @@ def main() -> None:
         "own_adapters_roc_auc": {k: statistics.fmean(v) for k, v in aucs.items()},
         "num_tasks_dissected": len(rows["whole"]),
         "scale": scale,
-        "delta_energy_shared_across_tasks": float(mean.pow(2).sum() * n / deltas.pow(2).sum()),
-        "mean_abs_cos_centred_deltas": float((cos.sum() - n) / (n * (n - 1))),
+        **delta_structure(deltas),
         "ridge_head_from_description": {
             "lambda": args.ridge,
             "heldout_accuracy": statistics.fmean(float(t.evaluate(p)) for t, p in zip(tasksets.test, ridge)),

@@ -1,5 +1,5 @@
-"""Trajectory recorder: train each task from the shared θ₀ with Adam wrapped in SAM, keep θ₀ and the local targets
-(or every epoch), and write them to a :class:`~peft_mcdi.zoo.store.ZooStore` (SPEC §3.1)."""
+"""Trajectory recorder: train each task from the shared θ₀ with Adam (or SGD) wrapped in SAM, keep θ₀ and the local
+targets (or every epoch), and write them to a :class:`~peft_mcdi.zoo.store.ZooStore` (SPEC §3.1)."""
 
 from __future__ import annotations
 
@@ -17,14 +17,18 @@ from peft_mcdi.zoo.sam import SAM
 from peft_mcdi.zoo.store import ZooStore
 
 
+# name → (torch optimizer, its arguments besides lr and weight decay)
+BASE_OPTIMIZERS = {"adam": (torch.optim.Adam, {}), "sgd": (torch.optim.SGD, {"momentum": 0.9})}
+
+
 @dataclass
 class RecorderConfig(DictConfigMixin):
     """How each task's trajectory is trained and what is kept. Part of the zoo's cache key."""
 
     num_epochs: int = field(default=10, metadata={"help": "M, training epochs per task."})
-    lr: float = field(default=0.05, metadata={"help": "Adam learning rate."})
+    lr: float = field(default=0.05, metadata={"help": "Learning rate of the base optimizer."})
     rho: float = field(default=0.05, metadata={"help": "SAM radius ρ (0 disables the ascent step)."})
-    weight_decay: float = field(default=0.0, metadata={"help": "Adam weight decay."})
+    weight_decay: float = field(default=0.0, metadata={"help": "Weight decay of the base optimizer."})
     keep_every_epoch: bool = field(
         default=True,
         metadata={"help": "Keep all M+1 checkpoints (any k can be trained later) instead of θ₀ and k targets only."},
@@ -41,6 +45,15 @@ class RecorderConfig(DictConfigMixin):
             "omit_default": True,
         },
     )
+    optimizer: str = field(
+        default="adam",
+        metadata={
+            "help": "Base optimizer inside SAM: 'adam', or 'sgd' (momentum 0.9). Adam moves every coordinate by about "
+            "lr per step whatever its gradient, so coordinates the task barely touches drift at random; SGD moves "
+            "them in proportion to the gradient, which keeps task deltas closer to the (low-rank) task signal.",
+            "omit_default": True,
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.num_epochs < 1:
@@ -48,6 +61,8 @@ class RecorderConfig(DictConfigMixin):
         if not self.keep_every_epoch and not 1 <= self.num_segments <= self.num_epochs:
             raise ValueError(f"num_segments must be in [1, num_epochs={self.num_epochs}], got {self.num_segments}.")
 
+        if self.optimizer not in BASE_OPTIMIZERS:
+            raise ValueError(f"optimizer must be one of {sorted(BASE_OPTIMIZERS)}, got {self.optimizer!r}.")
         if self.frozen and not isinstance(self.frozen, list):
             raise ValueError(f"frozen must be a list of glob patterns, got {self.frozen!r}.")
 
@@ -70,9 +85,9 @@ def adam_sam_train(
     on_step: Callable[[int, float], None] | None = None,
     on_epoch_end: Callable[[int, float], None] | None = None,
 ) -> None:
-    """Train ``params`` (leaf tensors, updated in place) on ``task`` the way every zoo trajectory is trained: Adam
-    wrapped in SAM, ``config.num_epochs`` epochs in the task's seeded batch order. ``on_step(epoch, loss)`` runs after
-    every step, ``on_epoch_end(epoch, mean loss)`` after every epoch."""
+    """Train ``params`` (leaf tensors, updated in place) on ``task`` the way every zoo trajectory is trained: the
+    base optimizer (Adam by default) wrapped in SAM, ``config.num_epochs`` epochs in the task's seeded batch order.
+    ``on_step(epoch, loss)`` runs after every step, ``on_epoch_end(epoch, mean loss)`` after every epoch."""
     generator = batch_order_generator(task, config)
     trainable = []
     for name, value in params.items():
@@ -80,7 +95,8 @@ def adam_sam_train(
         value.requires_grad_(not frozen)
         if not frozen:
             trainable.append(value)
-    optimizer = SAM(trainable, torch.optim.Adam, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay)
+    base, arguments = BASE_OPTIMIZERS[config.optimizer]
+    optimizer = SAM(trainable, base, rho=config.rho, lr=config.lr, weight_decay=config.weight_decay, **arguments)
     for epoch in range(1, config.num_epochs + 1):
         losses = []
         for batch in task.train_batches(epoch, generator):
@@ -100,7 +116,8 @@ def adam_sam_train(
 
 
 def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, torch.Tensor]], float]:
-    """Train one task with Adam+SAM; returns {epoch: params} for the kept epochs and the last epoch's mean loss."""
+    """Train one task with SAM around the base optimizer; returns {epoch: params} for the kept epochs and the last
+    epoch's mean loss."""
     params = {k: v.clone().requires_grad_(True) for k, v in task.init_params().items()}
     keep = set(config.kept_epochs())
     checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}

@@ -39,6 +39,21 @@ def test_frozen_parameters_stay_at_theta0_and_the_rest_learns(tasks):
     assert "frozen" not in RecorderConfig().to_dict()  # zoos collected before the field existed keep their key
 
 
+def test_sgd_base_optimizer_learns_and_differs_from_adam(tasks):
+    task = tasks.train[0]
+    sgd, _ = train_task(task, RecorderConfig(num_epochs=6, optimizer="sgd", lr=0.5))
+    adam, _ = train_task(task, RecorderConfig(num_epochs=6))
+    assert task.evaluate(sgd[6]) < task.evaluate(sgd[0]) - 0.05
+    assert not torch.allclose(sgd[6]["weight"], adam[6]["weight"])
+    assert "optimizer" not in RecorderConfig().to_dict()  # Adam zoos collected before the field keep their key
+    assert RecorderConfig(optimizer="sgd").to_dict()["optimizer"] == "sgd"
+
+
+def test_unknown_base_optimizer_is_refused():
+    with pytest.raises(ValueError, match=r"optimizer must be one of \['adam', 'sgd'\], got 'lbfgs'"):
+        RecorderConfig(optimizer="lbfgs")
+
+
 def test_only_local_targets_kept_when_asked(tasks):
     config = RecorderConfig(num_epochs=10, num_segments=3, keep_every_epoch=False)
     checkpoints, _ = train_task(tasks.train[0], config)
