@@ -88,7 +88,7 @@ def main() -> None:
     half = args.tasks // 2
     tasks = list(tasksets.test)[:half] + list(tasksets.train)[: args.tasks - half]
     zoo = pipeline.recorder.to_dict()
-    settings = [(zoo.get("optimizer", "adam"), zoo["lr"])] + [("sgd", lr) for lr in args.sgd_lrs]
+    settings = [(pipeline.recorder.optimizer, pipeline.recorder.lr)] + [("sgd", lr) for lr in args.sgd_lrs]
     record = {
         "command": "python benchmarks/llm_zoo_optimizer.py " + " ".join(sys.argv[1:]),
         "base": args.base,
