@@ -371,6 +371,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         "mean_accuracy": mean_curve,
         "mean_seconds": mean_seconds,
         "tasks": len(ft_tasks),
+        "optimizer": config.recorder.optimizer,
         "budget_steps": budget,
         "at": {
             str(s): {"accuracy": mean_curve[steps.index(s)], "seconds": mean_seconds[steps.index(s)]}

@@ -22,6 +22,7 @@ LABELS = {
     "init": "no adapter (θ₀)",
     "per_task_reference": "per-task fine-tuned reference, at its budget",
 }
+OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # the recorder's base optimizer, as the table names it
 GENERATED = ("mcdi", "mvdi", "twdi", "single_level", "hypernetwork")
 SEEN = {
     "training_descriptions": "Mc-Di, training descriptions",
@@ -56,6 +57,8 @@ def summarize(records: Sequence[Mapping]) -> dict:
         },
         "finetune_tasks": records[0]["finetune"]["tasks"],
         "budget_steps": records[0]["finetune"]["budget_steps"],
+        # records written before the recorder's optimizer became configurable were all Adam
+        "finetune_optimizer": records[0]["finetune"].get("optimizer", "adam"),
         "steps_to_match": {m: [r["steps_to_match"][m] for r in records] for m in methods},
         "roc_auc": {m: _stat([statistics.fmean(r["roc_auc"][m]) for r in records]) for m in records[0]["roc_auc"]},
         "with_adapter_best_of_8": _stat([statistics.fmean(u["best_of_8"]) for u in user]),
@@ -115,10 +118,10 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     ]
     lines += [
         "",
-        f"Per-task fine-tuning from θ₀ (the zoo's Adam+SAM recipe, {summary['finetune_tasks']} held-out tasks; its "
-        f"budget is {summary['budget_steps']} steps), optimisation time only. The curves are cached, so their "
-        "times are those of the run that computed them, under that run's machine load; `adapt()` is timed in the "
-        "run that wrote this page — the ratio is indicative:",
+        f"Per-task fine-tuning from θ₀ (the zoo's {OPTIMIZER_NAMES[summary['finetune_optimizer']]}+SAM recipe, "
+        f"{summary['finetune_tasks']} held-out tasks; its budget is {summary['budget_steps']} steps), optimisation "
+        "time only. The curves are cached, so their times are those of the run that computed them, under that "
+        "run's machine load; `adapt()` is timed in the run that wrote this page — the ratio is indicative:",
         "",
         "| steps | accuracy | ms (median over seeds) | × Mc-Di adapt() time |",
         "|---:|---|---:|---:|",
