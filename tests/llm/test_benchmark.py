@@ -98,6 +98,15 @@ def test_rerun_reads_the_cached_record_and_the_report_renders(config, record, tm
     assert "| base model prompted with the description |" in text and "New descriptions of *seen*" in text
     assert plot_accuracy_vs_time([record], tmp_path / "plot.png").stat().st_size > 1000
     assert set(summary["seen_categories"]) == {"training_descriptions", "new_descriptions", "own_adapter"}
+    assert "the zoo's Adam+SAM recipe" in text
+
+
+def test_the_report_names_the_zoo_optimizer_and_reads_records_from_before_it_was_stored(record):
+    sgd = json.loads(json.dumps(record))
+    sgd["finetune"]["optimizer"] = "sgd"
+    assert "the zoo's SGD+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
+    del sgd["finetune"]["optimizer"]
+    assert "the zoo's Adam+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
 
 
 def test_a_corrupt_cached_stage_is_reported(tmp_path):
