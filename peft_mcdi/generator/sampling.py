@@ -42,10 +42,10 @@ class _AncestralNoise:
 
     A task's generator is sequential and single-threaded: at SmolLM2 sizes its draws are about a third of a DDPM
     chain. Drawing in the same order into two alternating buffers gives exactly the values of drawing inline; the
-    helper thread runs while the main thread is inside the denoiser's kernels (which release the GIL). It only pays
-    on a core the intra-op pool leaves idle: when the pool already uses every core, the helper takes its time from
-    the denoiser's kernels (SmolLM2-sized chain on 2 cores, 2 threads: no faster; 10⁶ weights: ~15 % slower), so the
-    draws then stay inline."""
+    helper thread runs while the main thread is inside the denoiser's kernels (which release the GIL). It pays on a
+    core the intra-op pool leaves idle (2 cores, 1 thread: the chain 1.3–1.6× faster than drawing inline); when the
+    pool already uses every core it competes with the denoiser's kernels and gains nothing (inline / helper 0.90 and
+    1.04), so the draws then stay inline (``benchmarks/sampler_threads.py``)."""
 
     def __init__(self, generators: list[torch.Generator], like: torch.Tensor, num_draws: int) -> None:
         self._generators, self._left, self._index = generators, num_draws, 0

@@ -181,6 +181,8 @@ def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypa
         "minilm",
         "--repeats",
         "2",
+        "--rounds",
+        "2",
         "--config",
         json.dumps(TINY),
         "--out-dir",
@@ -192,6 +194,7 @@ def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypa
     timed = list(result["adapt_ms_median"])  # "<sampler>, <n> thread(s)"
     assert all(any(n.startswith(s) for n in timed) for s in ("ddpm (default, all T steps)", "ddim, 5 steps"))
     assert all(v["generator"] > 0 and v["encoder"] > 0 for v in result["adapt_ms_median"].values())
+    assert {k: len(v) for k, v in result["generator_ms_per_round"].items()} == dict.fromkeys(timed, 2)
     assert result["finetune_to_budget"]["steps"] == record["finetune"]["budget_steps"]
 
 
