@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import sys
@@ -101,7 +100,7 @@ def main() -> None:
         "command": "python benchmarks/sampler_threads.py " + " ".join(sys.argv[1:]),
         "torch": torch.__version__,
         "machine": platform.machine(),
-        "cores": len(os.sched_getaffinity(0)),
+        "cores": sampling.usable_cpu_cores(),
         "rounds": args.rounds,
         "repeats": args.repeats,
         "rows": rows,

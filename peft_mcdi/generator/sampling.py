@@ -31,10 +31,14 @@ def _noise(generators: list[torch.Generator], out: torch.Tensor) -> torch.Tensor
     return out
 
 
+def usable_cpu_cores() -> int:
+    """Cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _spare_cpu_core() -> bool:
     """Whether torch's intra-op pool leaves a core idle for the noise helper thread."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-    return torch.get_num_threads() < cores
+    return torch.get_num_threads() < usable_cpu_cores()
 
 
 class _AncestralNoise:

@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from peft_mcdi.plots import new_figure, save_figure
+from peft_mcdi.zoo.recorder import BASE_OPTIMIZERS
 
 
 LABELS = {
@@ -22,7 +23,6 @@ LABELS = {
     "init": "no adapter (θ₀)",
     "per_task_reference": "per-task fine-tuned reference, at its budget",
 }
-OPTIMIZER_NAMES = {"adam": "Adam", "sgd": "SGD"}  # the recorder's base optimizer, as the table names it
 GENERATED = ("mcdi", "mvdi", "twdi", "single_level", "hypernetwork")
 SEEN = {
     "training_descriptions": "Mc-Di, training descriptions",
@@ -116,9 +116,10 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
         f"reference {_fmt(auc['per_task_reference'])}. An accuracy near 50 with an AUC well above 50 is a "
         "miscalibrated adapter (one class for every word); an AUC near 50 carries no signal.",
     ]
+    optimizer = BASE_OPTIMIZERS[summary["finetune_optimizer"]][0].__name__  # "Adam", "SGD"
     lines += [
         "",
-        f"Per-task fine-tuning from θ₀ (the zoo's {OPTIMIZER_NAMES[summary['finetune_optimizer']]}+SAM recipe, "
+        f"Per-task fine-tuning from θ₀ (the zoo's {optimizer}+SAM recipe, "
         f"{summary['finetune_tasks']} held-out tasks; its budget is {summary['budget_steps']} steps), optimisation "
         "time only. The curves are cached, so their times are those of the run that computed them, under that "
         "run's machine load; `adapt()` is timed in the run that wrote this page — the ratio is indicative:",
