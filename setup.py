@@ -13,7 +13,7 @@ setup(
     packages=find_packages(include=["peft_mcdi", "peft_mcdi.*"]),
     package_data={"peft_mcdi": ["py.typed"]},
     python_requires=">=3.10",
-    entry_points={"console_scripts": ["mcdi=peft_mcdi.cli:main"]},
+    entry_points={"console_scripts": ["mcdi=peft_mcdi.cli.main:main"]},
     install_requires=[
         "torch>=2.4",
         "numpy>=1.24",

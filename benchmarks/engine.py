@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
-from peft_mcdi.evaluation import median_ms  # noqa: E402
+from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
+from peft_mcdi.evaluation.metrics import median_ms  # noqa: E402
 from peft_mcdi.generator.denoisers import DenoiserConfig  # noqa: E402
 from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator  # noqa: E402
 from peft_mcdi.meta.data import ZooTensors  # noqa: E402

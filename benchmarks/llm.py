@@ -14,18 +14,16 @@ llm_<base>[_quick].json`` (written after every seed), ``.md`` and ``_accuracy_vs
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.llm.benchmark import BASES, LLMBenchConfig, run_llm_benchmark  # noqa: E402
-from peft_mcdi.llm.report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
+from peft_mcdi.evaluation.harness import write_record  # noqa: E402
+from peft_mcdi.evaluation.llm import BASES, LLMBenchConfig, run_llm_benchmark  # noqa: E402
+from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
 from peft_mcdi.utils import merged  # noqa: E402
 
 
@@ -50,11 +48,7 @@ QUICK = {
 
 def write_report(records: list[dict], stem: Path, title: str, command: str) -> None:
     summary = summarize(records)
-    record = {"command": command, "torch": torch.__version__, "machine": platform.machine(),
-              "threads": torch.get_num_threads(), "summary": summary, "runs": records}  # fmt: skip
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    stem.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-    stem.with_suffix(".md").write_text(markdown(summary, title, command))
+    write_record(stem, command, summary, records, markdown(summary, title, command))
     plot_accuracy_vs_time(records, f"{stem}_accuracy_vs_time.png")
 
 

@@ -14,20 +14,18 @@ Results go to ``benchmarks/results/vision_<suite>.json`` (after every seed) with
 
 import argparse
 import json
-import platform
 import sys
 import time
 from pathlib import Path
 
-import torch
-
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from peft_mcdi.evaluation.harness import write_record  # noqa: E402
+from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark  # noqa: E402
+from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures  # noqa: E402
+from peft_mcdi.tasks.vision_suites import DG_DOMAINS  # noqa: E402
 from peft_mcdi.utils import merged  # noqa: E402
-from peft_mcdi.vision.benchmark import VisionBenchConfig, run_vision_benchmark  # noqa: E402
-from peft_mcdi.vision.report import markdown, summarize, write_pictures  # noqa: E402
-from peft_mcdi.vision.suites import DG_DOMAINS  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
@@ -98,11 +96,7 @@ def main() -> None:
                 run["seconds"] = time.perf_counter() - start
                 runs.append(run)
                 summary = summarize(runs)
-                record = {"command": command, "torch": torch.__version__, "machine": platform.machine(),
-                          "threads": torch.get_num_threads(), "summary": summary, "runs": runs}  # fmt: skip
-                stem.parent.mkdir(parents=True, exist_ok=True)
-                stem.with_suffix(".json").write_text(json.dumps(record, indent=1, default=str))
-                stem.with_suffix(".md").write_text(markdown(summary, runs, TITLES[suite], command))
+                write_record(stem, command, summary, runs, markdown(summary, runs, TITLES[suite], command))
         write_pictures(summarize(runs), runs, stem)
         print(stem.with_suffix(".md").read_text())
 

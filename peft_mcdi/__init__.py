@@ -9,8 +9,8 @@ from peft_mcdi.generator.codec import TokenLayout, WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import LocalConsistencyScheduler, SchedulerConfig
-from peft_mcdi.meta.tasks import Task, TaskSet, TaskSets, get_tasksets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
+from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, get_tasksets
 from peft_mcdi.tuners.mcdi import AdaptInfo, McDiConfig, McDiModel, export_lora
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.sam import SAM

@@ -11,16 +11,16 @@ from pathlib import Path
 
 import torch
 
-from peft_mcdi.baselines.hypernetwork import OnePassHypernetwork
-from peft_mcdi.evaluation import mean_of_zoo, median_ms, nearest_checkpoint_distance, nearest_task_indices
+from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork
+from peft_mcdi.evaluation.metrics import mean_of_zoo, median_ms, nearest_checkpoint_distance, nearest_task_indices
 from peft_mcdi.generator.card import generator_card
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import CARD_NAME, GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.data import ZooTensors, fit_codec, load_raw_targets, load_zoo_tensors
-from peft_mcdi.meta.tasks import get_tasksets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
+from peft_mcdi.tasks.base import get_tasksets
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
@@ -115,7 +115,7 @@ def _taskset_keywords(name: str, message: str) -> list[str]:
     import dataclasses
     import inspect
 
-    from peft_mcdi.meta.tasks import _REGISTRY
+    from peft_mcdi.tasks.base import _REGISTRY
 
     fn = _REGISTRY.get(name)
     if fn is None:

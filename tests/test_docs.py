@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from peft_mcdi.cli import build_parser, main
-from peft_mcdi.data.logistic import LogisticFamilyConfig
 from peft_mcdi.pipeline import PipelineConfig
+from peft_mcdi.tasks.logistic import LogisticFamilyConfig
 from peft_mcdi.train import NESTED, TrainArguments
 from tests.launch import accelerate_launch
 

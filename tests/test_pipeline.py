@@ -1,10 +1,11 @@
 """End-to-end learning test: zoo → Reptile meta-training → generation for *held-out* descriptors.
 
-Margins come from the 5-seed sweep in benchmarks/results/e2e_margins.json (``python benchmarks/e2e_margins.py``),
-which runs exactly :func:`e2e_config`. There, over seeds 0-4, the generated weights' held-out loss was below the
-nearest training task's by 0.026 at least (0.026-0.102 over seeds 0-5) and below the mean of the zoo by 0.389 at
-least; the assertions use about half of each minimum, so the test fails only when learning has really broken. (The
-one-pass hypernetwork, which regresses the mean trained weights, is better still on this family: see the issue note.)
+Margins come from the 5-seed sweep in benchmarks/studies/results/e2e_margins.json (``python
+benchmarks/studies/e2e_margins.py``), which runs exactly :func:`e2e_config`. There, over seeds 0-4, the generated
+weights' held-out loss was below the nearest training task's by 0.026 at least (0.026-0.102 over seeds 0-5) and below
+the mean of the zoo by 0.389 at least; the assertions use about half of each minimum, so the test fails only when
+learning has really broken. (The one-pass hypernetwork, which regresses the mean trained weights, is better still on
+this family: see the issue note.)
 """
 
 import pytest
@@ -57,7 +58,7 @@ def test_heldout_tasks_never_reach_the_generator(tmp_path):
     config.output_dir = str(tmp_path)
     results = run_pipeline(config, progress=False, log=lambda *_: None)
     from peft_mcdi.generator.model import McDiGenerator
-    from peft_mcdi.meta.tasks import get_tasksets
+    from peft_mcdi.tasks.base import get_tasksets
 
     generator = McDiGenerator.from_pretrained(tmp_path / "generator")
     tasks = get_tasksets("logistic", **config.taskset_kwargs)

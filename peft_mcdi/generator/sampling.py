@@ -49,7 +49,7 @@ class _AncestralNoise:
     helper thread runs while the main thread is inside the denoiser's kernels (which release the GIL). It pays on a
     core the intra-op pool leaves idle (2 cores, 1 thread: the chain 1.3–1.6× faster than drawing inline); when the
     pool already uses every core it competes with the denoiser's kernels and gains nothing (inline / helper 0.90 and
-    1.04), so the draws then stay inline (``benchmarks/sampler_threads.py``)."""
+    1.04), so the draws then stay inline (``benchmarks/studies/sampler_threads.py``)."""
 
     def __init__(self, generators: list[torch.Generator], like: torch.Tensor, num_draws: int) -> None:
         self._generators, self._left, self._index = generators, num_draws, 0

@@ -11,7 +11,7 @@ import torch
 from tqdm.auto import tqdm
 
 from peft_mcdi.generator.schedulers import local_target_epochs
-from peft_mcdi.meta.tasks import Task
+from peft_mcdi.tasks.base import Task
 from peft_mcdi.utils import DictConfigMixin, stable_hash
 from peft_mcdi.zoo.sam import SAM
 from peft_mcdi.zoo.store import ZooStore

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from peft_mcdi.tuners.head import McDiHeadConfig, McDiHeadModel
-from tests.vision.test_head_generator import DIM, head_generator
+from tests.generator.test_head import DIM, head_generator
 
 
 class Backbone(nn.Module):

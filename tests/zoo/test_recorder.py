@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from peft_mcdi.meta.tasks import Task, get_tasksets
+from peft_mcdi.tasks.base import Task, get_tasksets
 from peft_mcdi.zoo import recorder
 from peft_mcdi.zoo.recorder import RecorderConfig, collect, train_task
 from peft_mcdi.zoo.store import MANIFEST_NAME, ZooCorruptError, ZooStore

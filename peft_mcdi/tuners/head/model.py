@@ -17,9 +17,9 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peft_mcdi.generator.head import GeneratedHead, HeadGenerator
 from peft_mcdi.tuners.head.config import CONFIG_NAME, McDiHeadConfig
 from peft_mcdi.utils import atomic_write, atomic_write_text
-from peft_mcdi.vision.head_generator import GeneratedHead, HeadGenerator
 
 
 WEIGHTS_NAME = "heads.safetensors"

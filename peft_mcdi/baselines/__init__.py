@@ -1,1 +1,0 @@
-"""Baselines the generator is compared with (SPEC §4)."""

@@ -1,0 +1,56 @@
+"""What the LLM and vision benchmarks do alike: statistics over seeds, the first fine-tuning step that matches a
+generated adapter (SPEC §4 "steps to match"), and the results record (JSON with the command and versions that made
+it, beside its Markdown table) written after every seed so that a stopped run keeps what it finished."""
+
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+
+from peft_mcdi.utils import atomic_write_text
+
+
+# Accuracies computed in another summation order (another CPU's kernels, a batched vs. a per-task pass) differ in the
+# last bits; a curve that reaches a target within this tolerance has reached it. Real accuracy differences are at
+# least one example in a few thousand, far above it.
+MATCH_TOLERANCE = 1e-6
+
+
+def mean_std(values: Sequence[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (0 for one value) of per-seed numbers."""
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def percent(stat: Mapping[str, float]) -> str:
+    """A ``mean_std`` of fractions as "mean ± std" in percent, one decimal."""
+    return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"
+
+
+def first_reaching(curve: Sequence[float], target: float) -> int | None:
+    """Index of the first point of ``curve`` that reaches ``target`` (within :data:`MATCH_TOLERANCE`); None when no
+    point does within the budget."""
+    for index, value in enumerate(curve):
+        if value >= target - MATCH_TOLERANCE:
+            return index
+    return None
+
+
+def write_record(stem: Path, command: str, summary: Mapping, runs: Sequence[Mapping], markdown: str) -> Path:
+    """``<stem>.json`` (command, torch version, machine, threads, summary, per-seed runs) and ``<stem>.md``, each
+    written atomically; returns the JSON path."""
+    record = {
+        "command": command,
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "threads": torch.get_num_threads(),
+        "summary": summary,
+        "runs": list(runs),
+    }
+    atomic_write_text(stem.with_suffix(".json"), json.dumps(record, indent=1, default=str))
+    atomic_write_text(stem.with_suffix(".md"), markdown)
+    return stem.with_suffix(".json")

@@ -1,0 +1,386 @@
+"""The vision benchmark harness: one suite, one seed, every method side by side on the same test episodes.
+
+Stages (each cached, so a rerun resumes): build the suite (data, backbone, features, episodes) → collect the zoo of
+meta-training trajectories → per generator variant (Mc-Di, Mv-Di, Tw-Di, single-level) meta-train, with held-out
+accuracy measured at several budgets (quality against compute, SPEC §4) → the one-pass hypernetwork, Reptile →
+per test setting, every method on the same episodes, with latency, throughput and peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from peft_mcdi.evaluation.baselines.heads import (
+    ReptileHeadConfig,
+    ReptileHeadInit,
+    prototype_head,
+)
+from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork
+from peft_mcdi.evaluation.harness import first_reaching
+from peft_mcdi.evaluation.metrics import measured, median_ms
+from peft_mcdi.evaluation.plots import sampling_chains, sampling_pca_data
+from peft_mcdi.generator.denoisers import DenoiserConfig
+from peft_mcdi.generator.head import HeadGenerator
+from peft_mcdi.generator.schedulers import SchedulerConfig, local_target_epochs
+from peft_mcdi.meta.data import load_raw_targets
+from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
+from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_generator
+from peft_mcdi.tasks.episodes import EpisodeBatch
+from peft_mcdi.tasks.vision_suites import VisionSuite, build_suite
+from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
+from peft_mcdi.zoo.heads import collect_heads, train_heads
+from peft_mcdi.zoo.recorder import RecorderConfig
+from peft_mcdi.zoo.store import ZooStore
+
+
+RESULT_NAME = "result.json"  # a finished run's result, beside its checkpoints
+
+
+@dataclass
+class VisionBenchConfig(DictConfigMixin):
+    """Everything but the suite: trajectories, generator, meta-training, baselines, evaluation."""
+
+    recorder: RecorderConfig = field(
+        default_factory=lambda: RecorderConfig(num_epochs=10, lr=0.01, rho=0.05),
+        metadata={"help": "Adam+SAM trajectories of the zoo (and the per-task reference on test support sets)."},
+    )
+    denoiser: DenoiserConfig = field(
+        default_factory=lambda: DenoiserConfig(
+            type="tokens", hidden_dim=128, num_layers=2, num_heads=4, per_token_condition=True, condition_skip=True
+        ),
+        metadata={"help": "Row-token denoiser (condition_dim is set to the suite's feature width)."},
+    )
+    num_train_timesteps: int = field(default=20, metadata={"help": "T of every variant."})
+    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Of {list(VARIANTS)}."})
+    meta: MetaTrainConfig = field(
+        default_factory=lambda: MetaTrainConfig(
+            num_outer_steps=1500, meta_batch_size=8, samples_per_task=8, outer_lr=3e-3
+        ),
+        metadata={"help": "Meta-training (algorithm is set per variant)."},
+    )
+    budgets: list[int] = field(
+        default_factory=lambda: [250, 500, 1000],
+        metadata={"help": "Outer-step budgets (below num_outer_steps) at which held-out accuracy is also measured."},
+    )
+    curve_episodes: int = field(default=200, metadata={"help": "Test episodes of the first setting for the curve."})
+    codec_normalization: str = field(default="element", metadata={"help": "'tensor' or 'element' statistics."})
+    condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout (guidance)."})
+    hypernetwork_steps: int = field(default=1500, metadata={"help": "Training steps of the one-pass hypernetwork."})
+    reptile: ReptileHeadConfig = field(default_factory=ReptileHeadConfig, metadata={"help": "Reptile baseline."})
+    finetune_steps: int = field(default=100, metadata={"help": "Budget of the gradient baselines (steps)."})
+    finetune_lr: float = field(default=0.01, metadata={"help": "Adam lr of the logistic-regression baseline."})
+    sampler: str = field(default="ddpm", metadata={"help": "Sampler at evaluation: 'ddpm' or 'ddim'."})
+    num_inference_steps: int | None = field(default=None, metadata={"help": "Sampling steps (None: all T)."})
+    guidance_scale: float = field(default=2.0, metadata={"help": "Classifier-free guidance at evaluation."})
+    num_samples: int = field(default=8, metadata={"help": "Heads averaged per episode at evaluation."})
+    latency_repeats: int = field(default=30, metadata={"help": "Repeats of every latency measurement."})
+
+    def head_generator(self, generator, single_sample: bool = False) -> HeadGenerator:
+        """The evaluation's sampling options around ``generator`` (``single_sample``: one draw, no guidance)."""
+        if single_sample:
+            return HeadGenerator(generator, self.sampler, self.num_inference_steps)
+        return HeadGenerator(generator, self.sampler, self.num_inference_steps, self.guidance_scale, self.num_samples)
+
+    def __post_init__(self) -> None:
+        self.nested_from_dicts()
+        unknown = sorted(set(self.variants) - set(VARIANTS))
+        if unknown:
+            raise ValueError(f"unknown variants {unknown}; valid: {list(VARIANTS)}.")
+
+
+def collect_zoo(suite: VisionSuite, suite_key: dict, recorder: RecorderConfig, progress: bool) -> ZooStore:
+    """Trajectories of the meta-training episodes only (test episodes' references are trained batched later)."""
+    key = {"suite": suite_key, "recorder": recorder.to_dict()}
+    store = ZooStore.open(cache_root() / "zoo" / f"{suite.name}-{stable_hash(key)}", key)
+    collect_heads(suite.train, store, recorder, progress=progress)
+    store.write_manifest()
+    return store
+
+
+def meta_train_variant(
+    name: str, suite: VisionSuite, store: ZooStore, config: VisionBenchConfig, run_dir: Path, seed: int,
+    evaluate_curve, progress: bool,
+) -> tuple[HeadGenerator, dict]:  # fmt: skip
+    """Build and meta-train one variant, measuring held-out accuracy at each budget on the way."""
+    spec = VARIANTS[name]
+    denoiser = DenoiserConfig(**{**config.denoiser.to_dict(), "condition_dim": suite.feature_dim})
+    pipeline = PipelineConfig(
+        taskset=suite.name,
+        scheduler=SchedulerConfig(num_train_timesteps=config.num_train_timesteps, num_segments=spec["num_segments"]),
+        denoiser=denoiser,
+        codec_normalization=config.codec_normalization,
+        loss_variant=spec["loss_variant"],
+        condition_dropout=config.condition_dropout,
+        meta=MetaTrainConfig(**{**config.meta.to_dict(), "algorithm": spec["algorithm"], "seed": seed}),
+    )
+    generator, data = build_generator(pipeline, store, suite.tasksets(next(iter(suite.tests))))
+    trainer = MetaTrainer(generator, data, pipeline.meta, output_dir=run_dir / name)
+    trainer.maybe_resume()
+    # The curve (cumulative meta-training seconds and held-out accuracy at each budget) is kept beside the
+    # checkpoints, so a resumed run reports the points measured before the interruption instead of re-measuring them
+    # on a later generator.
+    record = run_dir / name / "curve.json"
+    points = {p["outer_steps"]: p for p in json.loads(record.read_text())} if record.is_file() else {}
+    seconds = 0.0
+    for budget in sorted(
+        {*[b for b in config.budgets if b < config.meta.num_outer_steps], config.meta.num_outer_steps}
+    ):
+        if budget in points:
+            seconds = points[budget]["meta_train_seconds"]
+            continue
+        trainer.config.num_outer_steps = budget
+        start = time.perf_counter()
+        trainer.train(progress=progress)
+        seconds += time.perf_counter() - start  # a run resumed past its last record undercounts; none do here
+        points[budget] = {"outer_steps": budget, "meta_train_seconds": seconds, "accuracy": evaluate_curve(generator)}
+        atomic_write_text(record, json.dumps(list(points.values()), indent=1))
+    curve = [points[b] for b in sorted(points)]
+    return config.head_generator(generator), {
+        "curve": curve,
+        "meta_train_seconds": seconds,
+        "final_loss": trainer.history[-1]["loss"] if trainer.history else None,
+    }
+
+
+def _rows_of(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Head rows (…, N, d + 1): weight and bias side by side."""
+    return torch.cat([params["weight"], params["bias"][..., None]], -1)
+
+
+def _mean(x: torch.Tensor) -> float:
+    return float(x.float().mean())
+
+
+def evaluate_setting(
+    batch: EpisodeBatch,
+    generators: dict[str, HeadGenerator],
+    hypernetwork: OnePassHypernetwork | None,
+    reptile: ReptileHeadInit,
+    zoo_rows: torch.Tensor,
+    zoo_conditions: torch.Tensor,
+    config: VisionBenchConfig,
+) -> dict:
+    """Every method on the episodes of one setting; accuracy per episode, plus cost."""
+    E, N = batch.support_x.shape[0], batch.num_ways
+    seeds = list(range(E))
+    acc: dict[str, torch.Tensor] = {}
+    cost: dict[str, dict] = {}
+    one = batch[:1]
+    generated_rows = {}
+    if "mcdi" in generators:  # the ablation of the sampling options: one draw, no guidance
+        generators = {**generators, "mcdi_1_sample": config.head_generator(generators["mcdi"].generator, True)}
+    for name, gen in generators.items():
+        heads, batched_s, peak = measured(
+            lambda g=gen: g.generate_heads(batch.support_x, batch.support_y, N, seed=seeds)
+        )
+        acc[name] = batch.accuracy(heads)
+        generated_rows[name] = _rows_of(heads)
+        cost[name] = {
+            "ms_per_episode_median": median_ms(
+                lambda g=gen: g.generate_heads(one.support_x, one.support_y, N), config.latency_repeats
+            ),
+            "episodes_per_s_batched": E / batched_s,
+            "peak_memory_mb_batched": peak,
+        }
+    if hypernetwork is not None:
+        acc["hypernetwork"] = batch.accuracy(hypernetwork.generate(batch.prototypes))
+        cost["hypernetwork"] = {
+            "ms_per_episode_median": median_ms(lambda: hypernetwork.generate(one.prototypes), config.latency_repeats)
+        }
+    acc["prototype"] = batch.accuracy(prototype_head(batch))
+    cost["prototype"] = {"ms_per_episode_median": median_ms(lambda: prototype_head(one), config.latency_repeats)}
+
+    # Gradient baselines: full curves over the step budget, on every episode at once.
+    logistic = train_heads(batch, config.finetune_steps, config.finetune_lr)
+    reference_steps = config.recorder.num_epochs * batch.steps_per_epoch  # the zoo's recipe, on the support set
+    reference = train_heads(
+        batch, reference_steps, config.recorder.lr, rho=config.recorder.rho, feature_noise=batch.feature_noise
+    )
+    tuned = reptile.fine_tune(batch, config.finetune_steps)
+    acc["logistic_regression"] = logistic.accuracy[-1]
+    acc["per_task_reference"] = reference.accuracy[-1]
+    acc["reptile_finetune"] = tuned.accuracy[-1]
+    target = _mean(acc["mcdi"]) if "mcdi" in acc else None
+    gradient_runs = (
+        ("logistic_regression", logistic, config.finetune_lr, 0.0),
+        ("per_task_reference", reference, config.recorder.lr, config.recorder.rho),
+    )
+    for name, run, lr, rho in gradient_runs:
+        steps = len(run.accuracy) - 1
+        single = median_ms(lambda s=steps, lr=lr, rho=rho: train_heads(one, s, lr, rho), 5, warmup=1)
+        cost[name] = {
+            "steps": steps,
+            "accuracy_at_steps": {s: _mean(run.accuracy[s]) for s in (1, 10, 100) if s < len(run.accuracy)},
+            "ms_per_episode_median": single,
+            "ms_per_step": single / steps,
+        }
+        if target is not None:
+            match = first_reaching(run.accuracy.mean(-1).tolist(), target)
+            cost[name]["steps_to_match_mcdi"] = match if match is not None else "> budget"
+            if match is not None:
+                cost[name]["ms_to_match_mcdi"] = match * cost[name]["ms_per_step"]
+    cost["reptile_finetune"] = {
+        "steps": config.finetune_steps,
+        "accuracy_at_steps": {s: _mean(tuned.accuracy[s]) for s in (0, 1, 10, 100) if s < len(tuned.accuracy)},
+    }
+    if target is not None:
+        match = first_reaching(tuned.accuracy.mean(-1).tolist(), target)
+        cost["reptile_finetune"]["steps_to_match_mcdi"] = match if match is not None else "> budget"
+
+    # Memorisation checks: the zoo's mean head row for every class; per class, the final row of the training class
+    # whose prototype is nearest; and how far generated rows sit from their nearest zoo row (codec space).
+    mean_row = zoo_rows.mean(0)
+    acc["mean_of_zoo"] = batch.accuracy({"weight": mean_row[:-1].expand(E, N, -1), "bias": mean_row[-1].expand(E, N)})
+    nearest = torch.cdist(batch.prototypes.flatten(0, 1), zoo_conditions).argmin(1)
+    rows = zoo_rows[nearest].view(E, N, -1)
+    acc["nearest_training_rows"] = batch.accuracy({"weight": rows[..., :-1], "bias": rows[..., -1]})
+    distances = {
+        name: _mean(torch.cdist(r.flatten(0, 1), zoo_rows).min(1).values) for name, r in generated_rows.items()
+    }
+    distances["per_task_reference"] = _mean(
+        torch.cdist(_rows_of(reference.params).flatten(0, 1), zoo_rows).min(1).values
+    )
+    return {
+        "num_episodes": E,
+        "accuracy": {k: _mean(v) for k, v in acc.items()},
+        "accuracy_std_over_episodes": {k: float(v.float().std()) for k, v in acc.items()},
+        "cost": cost,
+        "distance_to_nearest_zoo_row": distances,
+    }
+
+
+def sampling_picture(batch: EpisodeBatch, generator: HeadGenerator, config: VisionBenchConfig, chains: int = 3):
+    """Figure-1 data for the first episode of ``batch``: ``chains`` sampling chains (seeds 0..chains−1) and the
+    per-task reference's Adam+SAM trajectory on the episode's support set (epochs 0..M), in codec space."""
+    one = batch[:1]
+    spe = one.steps_per_epoch
+    run = train_heads(one, config.recorder.num_epochs * spe, config.recorder.lr, rho=config.recorder.rho,
+                      feature_noise=one.feature_noise, keep_every=spe)  # fmt: skip
+    N, d = one.num_ways, one.support_x.shape[-1]
+    checkpoints = [
+        {"weight": torch.zeros(1, N, d), "bias": torch.zeros(1, N)},
+        *[run.kept[s] for s in sorted(run.kept)],
+    ]
+    codec = generator.generator.codec
+    trajectory = torch.cat([codec.encode(c) for c in checkpoints])  # (M + 1, D)
+    condition = generator.conditions(one.support_x, one.support_y, N).expand(chains, -1, -1)
+    path = sampling_chains(generator.generator, condition, seed=list(range(chains)), **generator.sample_kwargs)
+    steps = generator.generator.scheduler.timesteps_for(generator.sample_kwargs["num_inference_steps"])
+    scheduler = generator.generator.scheduler
+    return sampling_pca_data(
+        path, trajectory.expand(chains, -1, -1), trajectory[None][:0],  # no zoo trajectories: other classes
+        chain_timesteps=[steps[0][0], *(t_prev for _, t_prev in steps)],
+        boundaries=scheduler.boundaries.tolist(),
+        target_epochs=local_target_epochs(config.recorder.num_epochs, scheduler.num_segments),
+    )  # fmt: skip
+
+
+def run_vision_benchmark(
+    suite_name: str, suite_kwargs: dict, config: VisionBenchConfig, seed: int, progress: bool = False, log=print
+) -> dict:
+    """One suite, one seed (the seed reruns the suite's data, zoo, meta-training and episodes)."""
+    suite_kwargs = {**suite_kwargs, "seed": seed}
+    start = time.perf_counter()
+    suite = build_suite(suite_name, **suite_kwargs, progress=progress)
+    log(f"{suite.name} seed {seed}: {len(suite.train)} training episodes, settings {list(suite.tests)} "
+        f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
+    start = time.perf_counter()
+    store = collect_zoo(suite, suite.config, config.recorder, progress)
+    zoo_seconds = time.perf_counter() - start
+    log(f"zoo: {len(suite.train)} trajectories ({zoo_seconds:.0f} s)")
+    run_dir = cache_root() / "runs" / f"{suite.name}-{stable_hash([suite.config, config.to_dict()])}"
+    if (run_dir / RESULT_NAME).is_file():  # this exact run was evaluated before: its result, not a re-evaluation
+        log(f"{suite.name} seed {seed}: evaluated before, result read from {run_dir / RESULT_NAME}")
+        return json.loads((run_dir / RESULT_NAME).read_text())
+
+    first = next(iter(suite.tests))
+    curve_batch = EpisodeBatch.stack(suite.tests[first])[: config.curve_episodes]
+
+    def evaluate_curve(generator) -> float:
+        gen = config.head_generator(generator)
+        heads = gen.generate_heads(curve_batch.support_x, curve_batch.support_y, curve_batch.num_ways,
+                                   seed=list(range(len(curve_batch.support_x))))  # fmt: skip
+        return _mean(curve_batch.accuracy(heads))
+
+    generators, training = {}, {}
+    for name in config.variants:
+        generators[name], training[name] = meta_train_variant(
+            name, suite, store, config, run_dir, seed, evaluate_curve, progress
+        )
+        log(f"{name}: curve {[(c['outer_steps'], round(c['accuracy'], 4)) for c in training[name]['curve']]}")
+    any_gen = next(iter(generators.values())).generator
+    hypernetwork = None
+    if config.hypernetwork_steps:
+        _, data = build_generator(
+            PipelineConfig(
+                taskset=suite.name,
+                scheduler=SchedulerConfig(num_segments=1),
+                codec_normalization=config.codec_normalization,
+                denoiser=any_gen.config.denoiser,
+            ),  # fmt: skip
+            store,
+            suite.tasksets(first),
+        )
+        hypernetwork = OnePassHypernetwork(any_gen.config)
+        hypernetwork.codec.load_state_dict(any_gen.codec.state_dict())
+        start = time.perf_counter()
+        hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=progress)
+        training["hypernetwork"] = {"train_seconds": time.perf_counter() - start}
+
+    reptile = ReptileHeadInit(suite.feature_dim, ReptileHeadConfig(**{**config.reptile.to_dict(), "seed": seed}))
+    g = torch.Generator().manual_seed(seed)
+
+    def reptile_batch(step: int) -> EpisodeBatch:
+        idx = torch.randint(len(suite.train), (config.reptile.meta_batch_size,), generator=g).tolist()
+        return EpisodeBatch.stack([suite.train[i] for i in idx], pool=True)
+
+    start = time.perf_counter()
+    reptile.meta_train(reptile_batch)
+    training["reptile"] = {"train_seconds": time.perf_counter() - start}
+
+    raw, conditions = load_raw_targets(store, [t.task_id for t in suite.train], 1)
+    zoo_rows = _rows_of({k: v[:, 0] for k, v in raw.items()}).flatten(0, 1)  # (tasks·N, d + 1): final heads
+    zoo_conditions = conditions.flatten(0, 1)  # (tasks·N, d): the prototypes they were conditioned on
+    settings = {}
+    for setting, episodes in suite.tests.items():
+        settings[setting] = evaluate_setting(
+            EpisodeBatch.stack(episodes), generators, hypernetwork, reptile, zoo_rows, zoo_conditions, config
+        )
+        ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
+        log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))
+    # The Mc-Di generator of this run, with its card (what McDiHeadConfig.generator_name_or_path points at).
+    generator_dir = None
+    if "mcdi" in generators:
+        mcdi = generators["mcdi"].generator
+        sampling = f"mean of {config.num_samples}, guidance {config.guidance_scale}"
+        mcdi.config.metadata.update(
+            base_model=suite.info.get("backbone"),
+            results={f"{k} accuracy ({sampling})": f"{v['accuracy']['mcdi']:.4f}" for k, v in settings.items()},
+            latency_ms=settings[first]["cost"]["mcdi"]["ms_per_episode_median"],
+        )
+        generator_dir = run_dir / "mcdi_generator"
+        mcdi.save_pretrained(generator_dir)
+    pca = (
+        sampling_picture(EpisodeBatch.stack(suite.tests[first]), generators["mcdi"], config)
+        if "mcdi" in generators
+        else None
+    )
+    result = {
+        "generator_dir": str(generator_dir) if generator_dir else None,
+        "pca": pca,
+        "suite": suite.name,
+        "seed": seed,
+        "suite_config": suite.config,
+        "bench_config": config.to_dict(),
+        "num_train_episodes": len(suite.train),
+        "zoo_seconds": zoo_seconds,
+        "training": training,
+        "settings": settings,
+    }
+    atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=1))
+    return result

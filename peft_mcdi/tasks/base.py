@@ -1,0 +1,100 @@
+"""The task abstraction and its registry, which know no family. Tasks as objects (learn2learn style): a ``Task``
+knows its condition, its shared initialisation, its loss, its training batches and its held-out metric; a
+``TaskSet`` is a list of tasks that can be sampled; ``get_tasksets`` builds the registered families by name."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+
+class Task(ABC):
+    """One task of a family. Subclasses set ``task_id`` and ``condition`` and implement the abstract methods."""
+
+    task_id: str
+    condition: torch.Tensor  # (C,), or (N, C) for per-class conditions
+    metric: str = "loss"  # what evaluate() returns
+    # True when the parameters are a set of class rows sharing a free leading class axis (classifier heads, with
+    # one condition per class): generators then use the codec's rows layout (SPEC §3.2).
+    class_rows: bool = False
+    higher_is_better: bool = False
+
+    @abstractmethod
+    def init_params(self) -> dict[str, torch.Tensor]:
+        """θ₀, shared by all tasks of the family (SPEC §3.1)."""
+
+    @abstractmethod
+    def loss(self, params: dict[str, torch.Tensor], batch: Any) -> torch.Tensor:
+        """Training loss of ``params`` on one batch (differentiable)."""
+
+    @abstractmethod
+    def train_batches(self, epoch: int, generator: torch.Generator) -> Iterable[Any]:
+        """The batches of one training epoch, shuffled with ``generator``."""
+
+    @abstractmethod
+    def evaluate(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Held-out metric on the task's test data; params may carry leading batch dims, the result has them."""
+
+    def augment(self, batch: Any, generator: torch.Generator) -> Any:
+        """Data augmentation hook applied to every training batch; identity unless the data allows more."""
+        return batch
+
+
+class TaskSet(Sequence[Task]):
+    """An ordered collection of tasks with seeded sampling."""
+
+    def __init__(self, tasks: Sequence[Task], name: str = "") -> None:
+        ids = [t.task_id for t in tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"task ids in task set {name!r} are not unique.")
+        self.tasks = list(tasks)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.tasks)
+
+    def __getitem__(self, index):
+        return self.tasks[index]
+
+    def __iter__(self) -> Iterator[Task]:
+        return iter(self.tasks)
+
+    def sample(self, n: int, generator: torch.Generator) -> list[Task]:
+        """n tasks drawn uniformly with replacement."""
+        idx = torch.randint(len(self.tasks), (n,), generator=generator)
+        return [self.tasks[i] for i in idx.tolist()]
+
+    def conditions(self) -> torch.Tensor:
+        return torch.stack([t.condition for t in self.tasks])
+
+
+@dataclass
+class TaskSets:
+    """Task-level splits. ``test`` tasks must never feed the generator's training (SPEC §4)."""
+
+    train: TaskSet
+    test: TaskSet
+
+
+_REGISTRY: dict[str, Callable[..., TaskSets]] = {}
+
+
+def register_tasksets(name: str) -> Callable:
+    def wrap(fn: Callable[..., TaskSets]) -> Callable[..., TaskSets]:
+        _REGISTRY[name] = fn
+        return fn
+
+    return wrap
+
+
+def get_tasksets(name: str, **kwargs) -> TaskSets:
+    """Build a registered task family's train/test split, e.g. ``get_tasksets("logistic", num_train_tasks=400)``.
+    The built-in families register themselves when ``peft_mcdi.tasks`` is imported, which Python does before it
+    runs this module; a family of your own registers with ``@register_tasksets(name)`` before it is asked for."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown task set {name!r}; valid names: {sorted(_REGISTRY)}.")
+    return _REGISTRY[name](**kwargs)

@@ -1,0 +1,388 @@
+"""Text-classification tasks on real models: one LoRA (+ classification head) per task, trained by the recorder.
+
+The base model is shared by every task; a task's parameters are the adapter's LoRA matrices (and head) under the
+canonical names of :meth:`McDiModel.lora_parameters` (the generator's codec names), evaluated with
+``torch.func.functional_call`` so collecting a zoo never copies the base model. The input is the example alone in a
+fixed template: the task lives in the adapter, not in the prompt. Two kinds of base:
+
+- an encoder classifier (MiniLM): the 2-way head is generated with the LoRA (the paper's RoBERTa-on-GLUE setting);
+- a causal LM (SmolLM2): no head; the answer is the more likely of the label words " no" / " yes".
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, register_tasksets
+from peft_mcdi.tasks.wordnet import ConceptTask, WordNetTaskConfig, build_concept_tasks
+
+
+class SharedLoRAModel:
+    """A sequence-classification ``PeftModel`` (MCDI config) plus tokenizer, with the map canonical name → full
+    parameter name, and the shared initialisation θ₀ of SPEC §3.1: A from one fixed seed for every task, B = 0, an
+    all-zero head (θ₀ is therefore exactly the base model with a head that has not chosen a class)."""
+
+    def __init__(self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 16) -> None:
+        self.model = peft_model.eval()
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        canonical = peft_model.base_model.lora_parameters()
+        by_id = {id(p): n for n, p in peft_model.named_parameters()}
+        self.full_names = {name: by_id[id(p)] for name, p in canonical.items()}
+        g = torch.Generator().manual_seed(init_seed)
+        self.theta0 = {}
+        for name, p in canonical.items():
+            if name.endswith("lora_A.weight"):  # kaiming-uniform-like, as peft initialises A, but from our seed
+                bound = 1 / p.shape[1] ** 0.5
+                self.theta0[name] = (torch.rand(p.shape, generator=g) * 2 - 1) * bound
+            else:
+                self.theta0[name] = torch.zeros(p.shape)
+
+    PROMPT_LENGTH = 64  # tokens kept of a task description put before the example (prompted baselines)
+
+    def texts(self, words: list[str]) -> list[str]:
+        return words
+
+    def encode(self, words: list[str], descriptions: list[str] | None = None):
+        """Tokenised inputs: the example alone in the fixed template, or, for the prompted baselines (multi-task
+        LoRA, the base model told the task), preceded by its task description — a sentence pair for the
+        encoder, whose description is truncated first."""
+        if descriptions is None:
+            return self.tokenizer(
+                self.texts(words), padding=True, truncation=True, max_length=self.max_length, return_tensors="pt"
+            )
+        return self.tokenizer(
+            descriptions,
+            self.texts(words),
+            padding=True,
+            truncation="only_first",
+            max_length=self.max_length + self.PROMPT_LENGTH,
+            return_tensors="pt",
+        )
+
+    def batch(self, pairs: list[tuple[str, int]], descriptions: list[str] | None = None) -> dict[str, torch.Tensor]:
+        enc = dict(self.encode([w for w, _ in pairs], descriptions))
+        enc["labels"] = torch.tensor([y for _, y in pairs])
+        return enc
+
+    def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """Labelled examples as ``McDiModel.adapt(num_samples=..., examples=...)`` takes them: inputs whose
+        ``model(**examples).loss`` is the task loss."""
+        return self.batch(pairs)
+
+    def forward(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
+        full = {self.full_names[k]: v for k, v in params.items()}
+        return functional_call(self.model, full, args=(), kwargs=batch, strict=False)
+
+    def loss(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.forward(params, batch).loss
+
+    def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, 2) class scores; the prediction is their argmax."""
+        return self.forward(params, batch).logits
+
+    @torch.no_grad()
+    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
+        """The base encoder alone, told the task: a word is positive when its mean-pooled embedding is closer to the
+        description's than the median word's (the threshold uses no labels; test sets are balanced)."""
+        encoder = self.model.get_base_model().base_model  # the bare transformer under the classification head
+        with self.model.disable_adapter():
+            enc = self.tokenizer([description, *[w for w, _ in pairs]], padding=True, return_tensors="pt")
+            hidden = encoder(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        similarity = pooled[1:] @ pooled[0]
+        predicted = similarity > similarity.median()
+        return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
+
+
+class SharedCausalLoRAModel(SharedLoRAModel):
+    """A causal-LM ``PeftModel`` scored by the log-likelihood of the label words: the loss is −log p(label word)
+    over the whole vocabulary at the answer position, the prediction the likelier of " no" / " yes". θ₀ (B = 0) is
+    exactly the base model."""
+
+    TEMPLATE = "Word: {word}\nAnswer:"
+    LABEL_WORDS = (" no", " yes")
+
+    def __init__(
+        self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None
+    ) -> None:
+        super().__init__(peft_model, tokenizer, init_seed, max_length)
+        self.template = template or self.TEMPLATE
+        if "{word}" not in self.template:
+            raise ValueError(f"template must contain '{{word}}' (where the example goes), got {self.template!r}.")
+        ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.LABEL_WORDS]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"label words {self.LABEL_WORDS} must be single tokens for this tokenizer, got {ids}.")
+        self.label_ids = torch.tensor([i[0] for i in ids])
+        self.tokenizer.padding_side = "left"  # every answer is read at the last position
+        self.tokenizer.truncation_side = "left"  # a long example loses its start, never the answer position
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+
+    def texts(self, words: list[str]) -> list[str]:
+        return [self.template.format(word=w) for w in words]
+
+    @staticmethod
+    def _with_positions(enc) -> dict[str, torch.Tensor]:
+        """Left padding: positions count real tokens only, so a row's answer does not depend on its batch."""
+        return {**enc, "position_ids": (enc["attention_mask"].cumsum(-1) - 1).clamp(min=0)}
+
+    def encode(self, words: list[str], descriptions: list[str] | None = None):
+        """The template alone, or preceded by the task description on its own line (prompted baselines)."""
+        texts = self.texts(words)
+        if descriptions is None:
+            enc = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt")
+        else:  # not truncated: the answer position is the prompt's last token
+            enc = self.tokenizer([f"{d}\n{t}" for d, t in zip(descriptions, texts)], padding=True, return_tensors="pt")
+        return self._with_positions(enc)
+
+    def batch(self, pairs: list[tuple[str, int]], descriptions: list[str] | None = None) -> dict[str, torch.Tensor]:
+        enc = self.encode([w for w, _ in pairs], descriptions)
+        return {**enc, "labels": torch.tensor([y for _, y in pairs])}
+
+    def selection_examples(self, pairs: list[tuple[str, int]]) -> dict[str, torch.Tensor]:
+        """The template followed by the label word, with LM labels on that word only (−100 elsewhere), so that
+        ``model(**examples).loss`` is −log p(label word), the task loss."""
+        texts = [t + self.LABEL_WORDS[y] for t, (_, y) in zip(self.texts([w for w, _ in pairs]), pairs)]
+        enc = self._with_positions(self.tokenizer(texts, padding=True, return_tensors="pt"))
+        labels = torch.full_like(enc["input_ids"], -100)
+        labels[:, -1] = enc["input_ids"][:, -1]  # left padding: the label word is the last token of every row
+        return {**enc, "labels": labels}
+
+    def _answer_logits(self, params, batch) -> torch.Tensor:
+        inputs = {k: v for k, v in batch.items() if k != "labels"}
+        return self.forward(params, {**inputs, "logits_to_keep": 1}).logits[:, -1]  # (B, vocab)
+
+    def loss(self, params, batch) -> torch.Tensor:
+        return F.cross_entropy(self._answer_logits(params, batch), self.label_ids[batch["labels"]])
+
+    def scores(self, params, batch) -> torch.Tensor:
+        return self._answer_logits(params, batch)[:, self.label_ids]
+
+    @torch.no_grad()
+    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
+        """The base LM prompted with the task description before the usual template (no adapter). A 135M model
+        answers " yes" to nearly everything, so, as for the encoder, the threshold is the median of the
+        log-odds log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
+        labels = torch.tensor([bool(y) for _, y in pairs])
+        enc = self.encode([w for w, _ in pairs], [description] * len(pairs))
+        with self.model.disable_adapter():
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids]
+        log_odds = logits[:, 1] - logits[:, 0]
+        return float(((log_odds > log_odds.median()) == labels).float().mean())
+
+
+class ConceptLoRATask(Task):
+    """A WordNet concept task (:mod:`peft_mcdi.tasks.wordnet`) trained as LoRA (+ head) on a shared base model."""
+
+    metric = "accuracy"
+    higher_is_better = True
+
+    def __init__(self, task: ConceptTask, shared: SharedLoRAModel, condition: torch.Tensor, batch_size: int = 32):
+        self.task_id = task.task_id.replace(".", "_")
+        self.concept = task
+        self.shared = shared
+        self.condition = condition
+        self.batch_size = batch_size
+        self._test = shared.batch(task.test)
+
+    def init_params(self) -> dict[str, torch.Tensor]:
+        return {k: v.clone() for k, v in self.shared.theta0.items()}
+
+    def loss(self, params, batch) -> torch.Tensor:
+        return self.shared.loss(params, batch)
+
+    def train_batches(self, epoch, generator):
+        order = torch.randperm(len(self.concept.train), generator=generator).tolist()
+        for start in range(0, len(order), self.batch_size):
+            yield self.shared.batch([self.concept.train[i] for i in order[start : start + self.batch_size]])
+
+    @torch.no_grad()
+    def evaluate(self, params) -> torch.Tensor:
+        """Test accuracy; params may carry one leading batch dim (several candidate adapters)."""
+        first = next(iter(params.values()))
+        expected = self.shared.theta0[next(iter(params))].dim()
+        if first.dim() == expected:
+            scores = self.shared.scores(params, self._test)
+            return (scores.argmax(-1) == self._test["labels"]).float().mean()
+        return torch.stack([self.evaluate({k: v[j] for k, v in params.items()}) for j in range(first.shape[0])])
+
+    @torch.no_grad()
+    def roc_auc(self, params: dict[str, torch.Tensor]) -> float:
+        """Area under the ROC curve of the score margin (yes − no) on the test examples: how well ``params`` ranks
+        positives above negatives whatever its threshold. Accuracy 0.5 with an AUC well above 0.5 means a
+        miscalibrated adapter (one class for everything), an AUC of 0.5 one that carries no signal."""
+        scores = self.shared.scores(params, self._test)
+        margin, labels = scores[:, 1] - scores[:, 0], self._test["labels"].bool()
+        pos, neg = margin[labels], margin[~labels]
+        wins = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
+        return float(wins.mean())
+
+    def zero_shot_accuracy(self) -> float:
+        """Test accuracy of the base model told the task in words (no adapter): the prompted baseline."""
+        return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)
+
+    @torch.no_grad()
+    def prompted_accuracy(self, params: dict[str, torch.Tensor], description: str | None = None) -> float:
+        """Test accuracy of ``params`` when each test input is preceded by the task description (the multi-task
+        LoRA's input format); ``description`` defaults to the task's own."""
+        pairs = self.concept.test
+        batch = self.shared.batch(pairs, [description or self.concept.description] * len(pairs))
+        return float((self.shared.scores(params, batch).argmax(-1) == batch["labels"]).float().mean())
+
+
+def quantized_4bit_config():
+    """nf4 weights, float32 compute: the QLoRA recipe, with a compute dtype every CPU supports."""
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.float32)
+
+
+def keep_4bit_layers_trainable_on_cpu(model: torch.nn.Module) -> int:
+    """On CPUs with AVX512-BF16, bitsandbytes' ``Linear4bit`` repacks its weight into an inference-only layout the
+    first time it runs in eval mode on an input that does not require grad; from then on no gradient flows back
+    through the layer, so the LoRA weights of every earlier layer get none (found when collecting trajectories, which
+    alternate training with no-grad evaluation). Trajectory collection needs both, so the repacking is switched off.
+    Returns the number of layers changed."""
+    changed = 0
+    for module in model.modules():
+        if getattr(module, "support_avx512bf16_for_cpu", False):
+            module.support_avx512bf16_for_cpu = False
+            changed += 1
+    return changed
+
+
+# Short names of the bases this project runs offline: (Hub id, PEFT task type).
+KNOWN_BASES = {"minilm": ("sentence-transformers/all-MiniLM-L6-v2", "SEQ_CLS"), "smollm2": (None, "CAUSAL_LM")}
+
+
+def build_peft_model(
+    base: str,
+    r: int,
+    target_modules: list[str],
+    seed: int = 0,
+    load_in_4bit: bool = False,
+    task_type: str | None = None,
+    **config_kwargs,
+):
+    """A fresh MCDI ``PeftModel`` and its tokenizer. ``base`` is "minilm" (a 2-way sequence classifier on
+    all-MiniLM-L6-v2, the WordNet main setting), "smollm2" (SmolLM2-135M-Instruct as a causal LM), or any Hub id or
+    local folder (``task_type`` "CAUSAL_LM", the default, or "SEQ_CLS") — the full-scale configurations use the same
+    path. ``load_in_4bit`` loads a causal LM's weights in nf4 with bitsandbytes (QLoRA-style; the LoRA stays
+    float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
+    from peft import get_peft_model
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    from peft_mcdi.models.offline import SMOLLM2_HUB_ID, resolve_pretrained
+    from peft_mcdi.tuners.mcdi import McDiConfig
+
+    hub_id, default_type = KNOWN_BASES.get(base, (base, "CAUSAL_LM"))
+    hub_id = SMOLLM2_HUB_ID if base == "smollm2" else hub_id
+    task_type = task_type or default_type
+    if task_type not in ("CAUSAL_LM", "SEQ_CLS"):
+        raise ValueError(f"task_type must be 'CAUSAL_LM' or 'SEQ_CLS', got {task_type!r}.")
+    if load_in_4bit and task_type != "CAUSAL_LM":
+        raise ValueError(f"load_in_4bit is supported for causal-LM bases only, got base={base!r} ({task_type}).")
+    torch.manual_seed(seed)
+    if task_type == "SEQ_CLS":
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(hub_id), num_labels=2)
+    else:
+        quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
+        model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32, **quantized)
+        keep_4bit_layers_trainable_on_cpu(model)
+    config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
+    peft_model = get_peft_model(model, config)
+    peft_model.peft_config["default"].base_model_name_or_path = hub_id  # not the offline copy's local path
+    return peft_model, AutoTokenizer.from_pretrained(resolve_pretrained(hub_id))
+
+
+def shared_model(peft_model, tokenizer, init_seed: int = 0, **kwargs) -> SharedLoRAModel:
+    """The shared task model of ``peft_model``'s task type: label words for a causal LM, its head otherwise.
+    ``kwargs`` (``max_length``, and ``template`` for causal LMs) go to its constructor."""
+    task_type = str(peft_model.peft_config["default"].task_type)
+    cls = SharedCausalLoRAModel if task_type.endswith("CAUSAL_LM") else SharedLoRAModel
+    if cls is SharedLoRAModel:
+        kwargs.pop("template", None)
+    return cls(peft_model, tokenizer, init_seed=init_seed, **kwargs)
+
+
+def text_tasksets(shared: SharedLoRAModel, concepts: dict[str, list[ConceptTask]], batch_size: int, name: str):
+    """Train/test ``TaskSets`` of ``ConceptTask``s on one shared model; conditions are MiniLM sentence embeddings
+    of the descriptions."""
+    from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
+
+    encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
+    splits = {}
+    for split, items in concepts.items():
+        conditions = encoder.encode([t.description for t in items])
+        tasks = [ConceptLoRATask(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
+        splits[split] = TaskSet(tasks, f"{name}/{split}")
+    return TaskSets(splits["train"], splits["test"])
+
+
+def _wordnet_tasksets(
+    base: str,
+    num_train_tasks: int,
+    num_test_tasks: int,
+    r: int,
+    target_modules,
+    seed: int,
+    examples_per_class: int,
+    batch_size: int,
+    load_in_4bit: bool = False,
+) -> TaskSets:
+    peft_model, tokenizer = build_peft_model(base, r, target_modules, seed, load_in_4bit=load_in_4bit)
+    concepts = build_concept_tasks(
+        WordNetTaskConfig(
+            num_heldout=num_test_tasks,
+            max_train=num_train_tasks,
+            num_train=examples_per_class,
+            num_val=min(16, examples_per_class),
+            seed=seed,
+        )
+    )
+    return text_tasksets(shared_model(peft_model, tokenizer, init_seed=seed), concepts, batch_size, f"wordnet-{base}")
+
+
+@register_tasksets("wordnet-minilm")
+def wordnet_minilm_tasksets(
+    num_train_tasks: int = 48,
+    num_test_tasks: int = 8,
+    r: int = 4,
+    target_modules: tuple[str, ...] = ("query", "value"),
+    seed: int = 0,
+) -> TaskSets:
+    """WordNet concept tasks on all-MiniLM-L6-v2 with a generated LoRA (r, query/value) and a 2-way head, 32
+    training examples per class; task conditions are MiniLM sentence embeddings of the descriptions. Held-out
+    tasks share no ancestor/descendant with training ones."""
+    return _wordnet_tasksets("minilm", num_train_tasks, num_test_tasks, r, target_modules, seed, 32, 32)
+
+
+@register_tasksets("wordnet-smollm2")
+def wordnet_smollm2_tasksets(
+    num_train_tasks: int = 24,
+    num_test_tasks: int = 6,
+    r: int = 8,
+    target_modules: tuple[str, ...] = ("q_proj", "v_proj"),
+    seed: int = 0,
+    examples_per_class: int = 8,
+    load_in_4bit: bool = False,
+) -> TaskSets:
+    """The same WordNet tasks on SmolLM2-135M-Instruct as a causal LM (LoRA r on q/v of all 30 layers, label words
+    " no"/" yes"), with few examples per task (16 by default, one batch per epoch) so collection stays cheap on CPU.
+    ``load_in_4bit``: collect on an nf4 base (QLoRA-style)."""
+    batch_size = 2 * examples_per_class
+    return _wordnet_tasksets(
+        "smollm2",
+        num_train_tasks,
+        num_test_tasks,
+        r,
+        target_modules,
+        seed,
+        examples_per_class,
+        batch_size,
+        load_in_4bit,
+    )

@@ -1,1 +1,0 @@
-"""Vision: backbones, image datasets and classifier-head generation."""

@@ -1,0 +1,36 @@
+"""The harness both benchmarks share: statistics over seeds, steps to match, and the results record."""
+
+import json
+
+import pytest
+
+from peft_mcdi.evaluation.harness import MATCH_TOLERANCE, first_reaching, mean_std, percent, write_record
+
+
+def test_mean_std_over_seeds():
+    assert mean_std([0.5]) == {"mean": 0.5, "std": 0.0}
+    stat = mean_std([0.6, 0.8])
+    assert stat["mean"] == pytest.approx(0.7) and stat["std"] == pytest.approx(0.1414213, rel=1e-6)
+    assert percent(stat) == "70.0 ± 14.1"
+
+
+def test_first_reaching_is_the_first_point_at_the_target():
+    assert first_reaching([0.5, 0.7, 0.9], 0.7) == 1
+    assert first_reaching([0.5, 0.7, 0.9], 0.95) is None
+    assert first_reaching([], 0.1) is None
+
+
+def test_a_target_computed_in_another_summation_order_still_ties():
+    # 0.1 + 0.2 != 0.3 in floating point: the same accuracy summed another way must still match itself
+    target = sum([0.1, 0.2])
+    assert target > 0.3 and first_reaching([0.0, 0.3], target) == 1
+    assert first_reaching([0.0, 0.3 - 10 * MATCH_TOLERANCE], 0.3) is None
+
+
+def test_the_record_keeps_command_versions_summary_and_runs(tmp_path):
+    command = "python benchmarks/x.py --seeds 0"
+    path = write_record(tmp_path / "out" / "bench", command, {"a": 1}, [{"seed": 0}], "# t\n")
+    record = json.loads(path.read_text())
+    assert record["command"] == command and record["runs"] == [{"seed": 0}]
+    assert {"torch", "machine", "threads", "summary"} <= set(record)
+    assert (tmp_path / "out" / "bench.md").read_text() == "# t\n"

@@ -1,0 +1,205 @@
+"""The LLM benchmark harness end to end on a tiny configuration of the real MiniLM setting."""
+
+import json
+import runpy
+from pathlib import Path
+
+import pytest
+import torch
+
+from peft_mcdi.evaluation.llm import (
+    GENERATOR_VARIANTS,
+    LLMBenchConfig,
+    results_key,
+    run_llm_benchmark,
+    run_variant,
+    steps_to_match,
+)
+from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize
+from peft_mcdi.generator.model import McDiGenerator
+from peft_mcdi.pipeline import build_tasksets
+
+
+pytestmark = pytest.mark.skipif(
+    not Path("/usr/share/wordnet/data.noun").is_file(), reason="wordnet-base not installed"
+)
+
+TINY = {
+    "num_train_tasks": 6,
+    "num_test_tasks": 2,
+    "recorder": {"num_epochs": 2},
+    "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
+    "hypernetwork_steps": 4,
+    "finetune_steps": 6,
+    "multitask": {"num_epochs": 0.05},
+    "seen_tasks": 2,
+    "latency_repeats": 2,
+}
+
+
+@pytest.fixture(scope="module")
+def config():
+    return LLMBenchConfig.for_base("minilm", TINY)
+
+
+@pytest.fixture(scope="module")
+def record(config):
+    return run_llm_benchmark(config, seed=0)
+
+
+def test_every_method_is_measured_on_the_same_heldout_tasks(record):
+    expected = {"mcdi", "mvdi", "single_level", "hypernetwork", "prompted_base", "multitask_lora", "nearest_task",
+                "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
+    assert set(record["per_task"]) == expected
+    assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
+    assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head picks one class for every (balanced) test set
+
+
+def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):
+    # get_peft_model + adapt() with the trained generator: the same adapters as the pipeline's, hence the same scores
+    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
+    assert record["users_path"]["adapt_ms_median"]["generator"] > 0
+    assert all(0 <= a <= 1 for a in record["roc_auc"]["mcdi"] + record["roc_auc"]["per_task_reference"])
+
+
+def test_finetuning_curve_retraces_the_zoo_reference_at_its_budget(record):
+    ft = record["finetune"]
+    budget = ft["budget_steps"]
+    assert budget == 4 and ft["steps"] == list(range(7))  # 2 epochs × 2 batches of 32; every step up to 6
+    assert ft["at"][str(budget)]["accuracy"] == pytest.approx(sum(record["per_task"]["per_task_reference"]) / 2)
+    assert ft["mean_seconds"] == sorted(ft["mean_seconds"]) and ft["mean_seconds"][0] == 0
+
+
+def test_steps_to_match_is_the_first_step_reaching_the_target(record):
+    assert steps_to_match([0, 1, 2], [0.5, 0.7, 0.9], [0.0, 0.1, 0.2], 0.7) == {"steps": 1, "seconds": 0.1}
+    assert steps_to_match([0, 1, 2], [0.5, 0.7, 0.9], [0.0, 0.1, 0.2], 0.95) == {"steps": "> 2", "seconds": None}
+    ft = record["finetune"]
+    for method, match in record["steps_to_match"].items():
+        target = sum(record["per_task"][method]) / 2
+        if isinstance(match["steps"], int):
+            i = ft["steps"].index(match["steps"])
+            assert ft["mean_accuracy"][i] >= target - 1e-9 and all(a < target for a in ft["mean_accuracy"][:i])
+
+
+def test_no_heldout_task_feeds_the_generator(config, record):
+    tasksets = build_tasksets(config.pipeline(0, "mcdi"))
+    generator = McDiGenerator.from_pretrained(Path(config.pipeline(0, "mcdi").output_dir) / "generator")
+    train = torch.stack([t.condition for t in tasksets.train])
+    assert torch.allclose(generator.train_conditions, train)
+    for task in tasksets.test:
+        assert torch.cdist(task.condition[None], train).min() > 1e-3
+    assert not {t.concept.synset for t in tasksets.test} & {t.concept.synset for t in tasksets.train}
+
+
+def test_rerun_reads_the_cached_record_and_the_report_renders(config, record, tmp_path):
+    assert run_llm_benchmark(config, seed=0) == json.loads(json.dumps(record))
+    summary = summarize([record])
+    text = markdown(summary, "tiny", "python benchmarks/llm.py --quick")
+    assert "| base model prompted with the description |" in text and "New descriptions of *seen*" in text
+    assert plot_accuracy_vs_time([record], tmp_path / "plot.png").stat().st_size > 1000
+    assert set(summary["seen_categories"]) == {"training_descriptions", "new_descriptions", "own_adapter"}
+    assert "the zoo's Adam+SAM recipe" in text
+
+
+def test_the_report_names_the_zoo_optimizer_and_reads_records_from_before_it_was_stored(record):
+    sgd = json.loads(json.dumps(record))
+    sgd["finetune"]["optimizer"] = "sgd"
+    assert "the zoo's SGD+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
+    del sgd["finetune"]["optimizer"]
+    assert "the zoo's Adam+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
+
+
+def test_a_corrupt_cached_stage_is_reported(tmp_path):
+    from peft_mcdi.evaluation.llm import _cached_json
+
+    path = tmp_path / "stage.json"
+    assert _cached_json(path, lambda: {"a": 1}) == {"a": 1} and _cached_json(path, lambda: {"a": 2}) == {"a": 1}
+    path.write_text('{"a": ')
+    with pytest.raises(ValueError, match="stage.json is corrupt.*delete it to recompute"):
+        _cached_json(path, lambda: {"a": 3})
+
+
+def test_config_errors_name_the_argument():
+    with pytest.raises(ValueError, match="base must be one of"):
+        LLMBenchConfig.for_base("gpt2")
+    with pytest.raises(ValueError, match="variants must include 'mcdi'"):
+        LLMBenchConfig(variants=["mvdi"])
+    smol = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 7}})
+    assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (40, 4, 7)
+    assert smol.meta.samples_per_task == 8  # nested overrides merge key by key
+    assert smol.recorder.num_epochs == 30 and smol.num_train_tasks + smol.num_test_tasks <= 48  # issue 5's sizing
+    more = LLMBenchConfig.for_base("smollm2", {"examples_per_class": 16})
+    assert more.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16
+    assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
+
+
+def test_checkpoint_interval_does_not_change_the_cache_keys():
+    """A stopped run must resume under another ``checkpoint_every``; any setting that changes results must not."""
+    base = LLMBenchConfig.for_base("smollm2")
+    other = LLMBenchConfig.for_base("smollm2", {"meta": {"checkpoint_every": 7}})
+    longer = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 601}})
+    folders = [c.pipeline(0, "mcdi").output_dir for c in (base, other, longer)]
+    assert folders[0] == folders[1] != folders[2]
+    assert base.pipeline(0, "mcdi").meta.checkpoint_every > 0  # long variants checkpoint by default
+    assert results_key([base.to_dict(), 0]) == results_key([other.to_dict(), 0]) != results_key([base.to_dict(), 1])
+
+
+def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_keys():
+    """x̂₀-prediction is a benchmark setting for every variant; at its default ('epsilon') it stays out of the
+    configuration dicts, so runs cached before the setting existed keep their keys."""
+    sample = LLMBenchConfig.for_base("minilm", {"prediction_type": "sample"})
+    explicit = LLMBenchConfig.for_base("minilm", {"prediction_type": "epsilon"})
+    default = LLMBenchConfig.for_base("minilm")
+    for variant in GENERATOR_VARIANTS:
+        assert sample.pipeline(0, variant).scheduler.prediction_type == "sample"
+        assert "prediction_type" not in default.pipeline(0, variant).to_dict()["scheduler"]
+        assert default.pipeline(0, variant).output_dir == explicit.pipeline(0, variant).output_dir
+        assert default.pipeline(0, variant).output_dir != sample.pipeline(0, variant).output_dir
+    assert "prediction_type" not in default.to_dict()
+
+
+def test_another_temperature_reevaluates_the_trained_generator(config, record):
+    """The temperature changes the evaluation only: same run folder, no meta-training step taken again, the
+    deterministic chain's adapters in the results, and a record of its own."""
+    cold = LLMBenchConfig.for_base("minilm", {**TINY, "temperature": 0.0})
+    warm_run, cold_run = config.pipeline(0, "mcdi"), cold.pipeline(0, "mcdi")
+    assert warm_run.output_dir == cold_run.output_dir and cold_run.temperature == 0.0
+    results = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
+    assert results["resumed_from_step"] == cold_run.meta.num_outer_steps  # nothing trained again
+    assert results["meta_train_seconds"] == pytest.approx(record["meta_train_seconds"]["mcdi"])  # what it cost
+    assert results["config"]["temperature"] == 0.0
+    again = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
+    assert again["heldout_metric"] == results["heldout_metric"]  # read back
+    assert results_key([cold.to_dict(), 0]) != results_key([config.to_dict(), 0])
+
+
+def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "llm_latency.py"
+    argv = [
+        str(script),
+        "--base",
+        "minilm",
+        "--repeats",
+        "2",
+        "--rounds",
+        "2",
+        "--config",
+        json.dumps(TINY),
+        "--out-dir",
+        str(tmp_path),
+    ]
+    monkeypatch.setattr("sys.argv", argv)
+    runpy.run_path(str(script), run_name="__main__")
+    result = json.loads((tmp_path / "llm_minilm_latency.json").read_text())
+    timed = list(result["adapt_ms_median"])  # "<sampler>, <n> thread(s)"
+    assert all(any(n.startswith(s) for n in timed) for s in ("ddpm (default, all T steps)", "ddim, 5 steps"))
+    assert all(v["generator"] > 0 and v["encoder"] > 0 for v in result["adapt_ms_median"].values())
+    assert {k: len(v) for k, v in result["generator_ms_per_round"].items()} == dict.fromkeys(timed, 2)
+    assert result["finetune_to_budget"]["steps"] == record["finetune"]["budget_steps"]
+
+
+def test_latency_script_names_the_missing_generator(tmp_path, monkeypatch):
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "llm_latency.py"
+    monkeypatch.setattr("sys.argv", [str(script), "--base", "minilm", "--config", '{"num_train_tasks": 5}'])
+    with pytest.raises(SystemExit, match="no trained generator .* run `python benchmarks/llm.py --base minilm"):
+        runpy.run_path(str(script), run_name="__main__")
