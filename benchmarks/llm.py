@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.evaluation.harness import write_record  # noqa: E402
+from peft_mcdi.evaluation.harness import run_script, seeds_to_run, write_record  # noqa: E402
 from peft_mcdi.evaluation.llm import BASES, LLMBenchConfig, run_llm_benchmark  # noqa: E402
 from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
 from peft_mcdi.utils import merged  # noqa: E402
@@ -55,7 +55,7 @@ def write_report(records: list[dict], stem: Path, title: str, command: str) -> N
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", choices=sorted(BASES), default="minilm")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2, or 0 with --quick")
     parser.add_argument("--quick", action="store_true", help="small zoo and budgets (minutes)")
     parser.add_argument(
         "--config", help='JSON overrides of LLMBenchConfig, e.g. \'{"meta": {"num_outer_steps": 1200}}\''
@@ -73,8 +73,10 @@ def main() -> None:
     overrides = merged(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
     config = LLMBenchConfig.for_base(args.base, overrides)
     command = "python benchmarks/llm.py " + " ".join(sys.argv[1:])
+    seeds = seeds_to_run(args.seeds, args.quick)
+    print(f"LLM benchmark: {args.base}, seeds {seeds}; results in {stem}.json", flush=True)
     records = []
-    for seed in args.seeds:
+    for seed in seeds:
         start = time.perf_counter()
         records.append(run_llm_benchmark(config, seed, args.progress))
         print(f"seed {seed}: {json.dumps({k: round(v, 4) for k, v in records[-1]['accuracy'].items()})} "
@@ -84,4 +86,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "benchmarks/llm.py")

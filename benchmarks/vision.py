@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.evaluation.harness import write_record  # noqa: E402
+from peft_mcdi.evaluation.harness import run_script, seeds_to_run, write_record  # noqa: E402
 from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark  # noqa: E402
 from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures  # noqa: E402
 from peft_mcdi.tasks.vision_suites import DG_DOMAINS  # noqa: E402
@@ -59,7 +59,7 @@ def bench_config(args) -> VisionBenchConfig:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--suite", choices=[*SUITES, "all"], default="fewshot")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", help="default: 0 1 2, or 0 with --quick")
     parser.add_argument("--quick", action="store_true", help="small zoo, budget and episode counts (minutes)")
     parser.add_argument("--outer-steps", type=int, help="meta-training budget of every generator variant")
     parser.add_argument("--suite-config", help="JSON overrides of the suite config, e.g. '{\"num_test_tasks\": 600}'")
@@ -86,10 +86,12 @@ def main() -> None:
     if args.quick:
         suite_overrides = {**QUICK["suite"], **suite_overrides}
     command = "python benchmarks/vision.py " + " ".join(sys.argv[1:])
+    seeds = seeds_to_run(args.seeds, args.quick)
+    print(f"vision benchmark: suites {suites}, seeds {seeds}; results in {args.out_dir}", flush=True)
     for suite in suites:
         stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
         runs = []
-        for seed in args.seeds:
+        for seed in seeds:
             for name, overrides in SUITES[suite]:
                 start = time.perf_counter()
                 run = run_vision_benchmark(name, {**overrides, **suite_overrides}, config, seed, args.progress)
@@ -102,4 +104,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_script(main, "benchmarks/vision.py")

@@ -27,7 +27,7 @@ def run(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not any(a == "--config" or a.startswith("--config=") for a in argv):
         argv = ["--config", str(DEFAULT_CONFIG), *argv]
-    return main(["train", *argv], prog="train.py")
+    return main(argv, prog="train.py", command="train")
 
 
 if __name__ == "__main__":

@@ -39,6 +39,24 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
+def check_local_or_hub(name_or_path: str | os.PathLike, what: str) -> None:
+    """A clear FileNotFoundError for a ``from_pretrained`` argument that is neither an existing local path nor shaped
+    like a Hub id ("owner/name" or "name"): without it, huggingface_hub answers a mistyped folder with a Hub-id
+    validation error that never says the folder is missing. ``what`` names the argument in the message."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    text = str(name_or_path)
+    if Path(text).expanduser().exists():
+        return
+    looks_local = text.startswith((".", "/", "~")) or text.count("/") > 1
+    try:
+        validate_repo_id(text)
+    except HFValidationError:
+        looks_local = True
+    if looks_local:
+        raise FileNotFoundError(f"{what} {text!r} does not exist, and it is not a Hub id (like 'owner/name').")
+
+
 def merged(base: Mapping, overrides: Mapping) -> dict:
     """``base`` with ``overrides`` applied; nested dicts merge key by key (JSON/CLI overrides of nested configs)."""
     out = dict(base)

@@ -4,7 +4,6 @@ sampling options."""
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 
 class CommandError(ValueError):
@@ -44,15 +43,7 @@ def load_generator(name_or_path: str, revision: str | None = None, device: str =
     """A generator from a folder or a Hub id; a path that does not exist is a clear error, not a Hub lookup."""
     from peft_mcdi.generator.model import McDiGenerator
 
-    path = Path(name_or_path).expanduser()
-    looks_local = path.is_absolute() or name_or_path.startswith((".", "~")) or name_or_path.count("/") != 1
-    if not path.exists() and looks_local:
-        raise FileNotFoundError(f"no generator folder at {name_or_path} (and it is not a Hub id like 'owner/name')")
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"{name_or_path} is a file; --generator takes the generator's folder")
-    return McDiGenerator.from_pretrained(
-        str(path) if path.exists() else name_or_path, revision=revision, device=device
-    )
+    return McDiGenerator.from_pretrained(name_or_path, revision=revision, device=device)
 
 
 def sampling_options(args) -> dict:

@@ -58,11 +58,31 @@ def _build_base_model(base: str, meta: dict):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     from peft_mcdi.models.offline import resolve_pretrained
+    from peft_mcdi.utils import check_local_or_hub
 
+    check_local_or_hub(base, "--base-model")
     path = resolve_pretrained(base)
     if str(meta.get("task_type", "")).upper() == "SEQ_CLS":
-        return AutoModelForSequenceClassification.from_pretrained(path, num_labels=int(meta.get("num_labels", 2)))
-    return AutoModelForCausalLM.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=int(meta.get("num_labels", 2)))
+    else:
+        model = AutoModelForCausalLM.from_pretrained(path)
+    _check_target_modules(model, base, meta)
+    return model
+
+
+def _check_target_modules(model, base: str, meta: dict) -> None:
+    """Say what differs when the base has none of the modules the generator writes LoRA for (peft alone would stop
+    at "no modules were targeted"); shape differences are ``attach_generator``'s to report."""
+    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [m for m in meta["target_modules"] if m not in leaves]
+    if missing:
+        kinds = {"Linear", "Conv1D", "Linear4bit", "Linear8bitLt"}  # the layers LoRA attaches to in such bases
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in kinds})
+        raise CommandError(
+            f"the generator writes LoRA for {sorted(meta['target_modules'])} of {meta.get('base_model') or 'its base'}"
+            f", but {base} has no module named {missing} (its linear layers: {linear[:8]}); pass the base model the "
+            "generator was trained for, or omit --base-model"
+        )
 
 
 def cmd_generate(args) -> int:
@@ -77,6 +97,8 @@ def cmd_generate(args) -> int:
 
     if (args.prompt is None) == (args.condition is None):
         raise CommandError("give exactly one of a task prompt or --condition")
+    if args.prompt is not None and not args.prompt.strip():
+        raise CommandError("the task prompt is empty: describe the task, e.g. 'Decide whether the word names a fish.'")
     hf_logging.disable_progress_bar()  # the command prints one summary line, not weight-loading bars
     generator = load_generator(args.generator, args.revision)
     meta = generator.config.metadata

@@ -34,10 +34,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, but a malformed command line is one line (not usage + error) and exit status 2."""
 
     def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n" if is_main_process() else None)
 
 
-def build_parser(prog: str = "mcdi") -> argparse.ArgumentParser:
+def build_parser(prog: str = "mcdi", command: str | None = None) -> argparse.ArgumentParser:
+    """The ``mcdi`` parser; with ``command``, a script that is that one subcommand (``examples/train.py``) names
+    itself ``prog`` in its usage and errors rather than ``prog command``."""
     from peft_mcdi.train import config_help
 
     fmt = argparse.RawDescriptionHelpFormatter
@@ -50,7 +52,15 @@ def build_parser(prog: str = "mcdi") -> argparse.ArgumentParser:
     generate.add_parser(sub)
     bench.add_parser(sub)
     card.add_parser(sub)
+    if command is not None:
+        sub.choices[command].prog = prog
     return parser
+
+
+def is_main_process() -> bool:
+    """False in the non-main processes of a distributed launch (accelerate, torchrun set RANK before our code runs):
+    every process meets the same user mistake, and one line from the main process says it."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def _version() -> str:
@@ -66,21 +76,26 @@ def _one_line(err: BaseException) -> str:
     return text
 
 
-def main(argv: list[str] | None = None, prog: str = "mcdi") -> int:
-    """Run the command line; returns the exit status (the console script exits with it)."""
-    parser = build_parser(prog)
+def main(argv: list[str] | None = None, prog: str = "mcdi", command: str | None = None) -> int:
+    """Run the command line; returns the exit status (the console script exits with it). ``command`` runs that
+    subcommand on ``argv`` under the name ``prog`` (a script such as ``examples/train.py``)."""
+    parser = build_parser(prog, command)
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        args = parser.parse_args(argv)
+        args = parser.parse_args(argv if command is None else [command, *argv])
     except SystemExit as exit_:  # --help, --version, malformed command lines
         return int(exit_.code or 0) if not isinstance(exit_.code, str) else 2
     debug = args.debug or os.environ.get("MCDI_DEBUG") == "1"
+    name = prog if command is not None else f"{prog} {args.command}"
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"{prog}: interrupted", file=sys.stderr)
+        if is_main_process():
+            print(f"{name}: interrupted", file=sys.stderr)
         return 130
     except USER_ERRORS as err:
         if debug:
             raise
-        print(f"{prog} {args.command}: error: {_one_line(err)}", file=sys.stderr)
+        if is_main_process():
+            print(f"{name}: error: {_one_line(err)}", file=sys.stderr)
         return 1

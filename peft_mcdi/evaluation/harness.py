@@ -7,7 +7,8 @@ from __future__ import annotations
 import json
 import platform
 import statistics
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -38,6 +39,23 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
         if value >= target - MATCH_TOLERANCE:
             return index
     return None
+
+
+def seeds_to_run(seeds: list[int] | None, quick: bool) -> list[int]:
+    """The seeds a benchmark runs: those asked for; by default one seed for a ``--quick`` look and three otherwise."""
+    if seeds is not None:
+        return seeds
+    return [0] if quick else [0, 1, 2]
+
+
+def run_script(main: Callable[[], object], name: str) -> None:
+    """A benchmark script's entry point: Ctrl-C ends it with one line, as ``mcdi`` does, and status 130. Every stage
+    is cached as it finishes, so the same command resumes."""
+    try:
+        main()
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted; finished stages are cached, the same command resumes", file=sys.stderr)
+        sys.exit(130)
 
 
 def write_record(stem: Path, command: str, summary: Mapping, runs: Sequence[Mapping], markdown: str) -> Path:

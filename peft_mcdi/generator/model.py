@@ -19,7 +19,7 @@ from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
 from peft_mcdi.generator.sampling import sample
 from peft_mcdi.generator.schedulers import SCHEDULER_CONFIG_NAME, LocalConsistencyScheduler, SchedulerConfig
 from peft_mcdi.meta.losses import LOSS_VARIANTS, LossNoise, diffusion_loss
-from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text
+from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, check_local_or_hub
 
 
 CONFIG_NAME = "config.json"
@@ -264,20 +264,31 @@ class McDiGenerator(nn.Module):
         device: str | torch.device = "cpu",
     ) -> McDiGenerator:
         """Load from a local folder or a Hub repo id (usual Hub arguments)."""
-        folder = Path(pretrained_model_name_or_path)
+        check_local_or_hub(pretrained_model_name_or_path, "generator")
+        folder = Path(pretrained_model_name_or_path).expanduser()
+        if folder.exists() and not folder.is_dir():
+            raise NotADirectoryError(
+                f"{folder} is a file; a generator is a folder ({CONFIG_NAME}, {WEIGHTS_NAME}, …)."
+            )
         if not folder.is_dir():
             from huggingface_hub import snapshot_download
 
-            folder = Path(
-                snapshot_download(
-                    str(pretrained_model_name_or_path),
-                    revision=revision,
-                    cache_dir=cache_dir,
-                    token=token,
-                    local_files_only=local_files_only,
-                    allow_patterns=[CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, "*.md"],
+            try:
+                folder = Path(
+                    snapshot_download(
+                        str(pretrained_model_name_or_path),
+                        revision=revision,
+                        cache_dir=cache_dir,
+                        token=token,
+                        local_files_only=local_files_only,
+                        allow_patterns=[CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, "*.md"],
+                    )
                 )
-            )
+            except Exception as err:  # network, missing repo, bad revision: say both places were looked at
+                raise FileNotFoundError(
+                    f"no generator folder at {str(pretrained_model_name_or_path)!r}, and the Hub lookup of it failed "
+                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+                ) from err
         for name in (CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} is not a McDiGenerator folder: {name} is missing.")

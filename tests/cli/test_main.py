@@ -7,7 +7,7 @@ import torch
 import yaml
 from peft import PeftModel, get_peft_model
 from safetensors.torch import load_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
 from peft_mcdi import McDiConfig
 from peft_mcdi.cli import main
@@ -83,7 +83,10 @@ def test_user_mistakes_are_one_line(capsys, tmp_path, tiny_yaml):
     assert_one_line_error(code, err, "not valid YAML")
 
     code, _, err = cli(capsys, "generate", "--generator", tmp_path / "nope", "a task", "--out", tmp_path / "o")
-    assert_one_line_error(code, err, "no generator folder")
+    assert_one_line_error(code, err, "nope' does not exist, and it is not a Hub id")
+
+    code, _, err = cli(capsys, "generate", "--generator", "runs/x/generator", "a task", "--out", tmp_path / "o")
+    assert_one_line_error(code, err, "'runs/x/generator' does not exist, and it is not a Hub id")
 
     code, _, err = cli(capsys, "card", "--generator", tmp_path / "nope")
     assert_one_line_error(code, err, "no generator folder")
@@ -232,3 +235,15 @@ def test_generate_a_lora_adapter_for_a_prompt(capsys, tmp_path):
         other,
     )
     assert_one_line_error(code, err, "does not fit")
+
+    # a base model without the generator's target modules: what it has, not peft's "no modules were targeted"
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(tmp_path / "gpt2")
+    generate = ("generate", "--generator", tmp_path / "generator", "--out", tmp_path / "x")
+    code, _, err = cli(capsys, *generate, prompt, "--base-model", tmp_path / "gpt2")
+    assert_one_line_error(code, err, "writes LoRA for ['q_proj', 'v_proj']", "has no module named", "c_attn")
+    code, _, err = cli(capsys, *generate, prompt, "--base-model", tmp_path / "no-such-base")
+    assert_one_line_error(code, err, "--base-model", "no-such-base' does not exist, and it is not a Hub id")
+    code, _, err = cli(capsys, *generate, "  ")
+    assert_one_line_error(code, err, "the task prompt is empty")
+    assert not (tmp_path / "x").exists()  # no failed call wrote anything

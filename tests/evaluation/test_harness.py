@@ -1,10 +1,23 @@
 """The harness both benchmarks share: statistics over seeds, steps to match, and the results record."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from peft_mcdi.evaluation.harness import MATCH_TOLERANCE, first_reaching, mean_std, percent, write_record
+from peft_mcdi.evaluation.harness import (
+    MATCH_TOLERANCE,
+    first_reaching,
+    mean_std,
+    percent,
+    run_script,
+    seeds_to_run,
+    write_record,
+)
 
 
 def test_mean_std_over_seeds():
@@ -34,3 +47,35 @@ def test_the_record_keeps_command_versions_summary_and_runs(tmp_path):
     assert record["command"] == command and record["runs"] == [{"seed": 0}]
     assert {"torch", "machine", "threads", "summary"} <= set(record)
     assert (tmp_path / "out" / "bench.md").read_text() == "# t\n"
+
+
+def test_quick_runs_one_seed_unless_asked():
+    assert seeds_to_run(None, quick=True) == [0] and seeds_to_run(None, quick=False) == [0, 1, 2]
+    assert seeds_to_run([3, 4], quick=True) == [3, 4]
+
+
+def test_an_interrupted_script_says_one_line_and_exits_130(capsys):
+    def main():
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_:
+        run_script(main, "benchmarks/x.py")
+    assert exit_.value.code == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("benchmarks/x.py: interrupted;"), err
+
+
+def test_ctrl_c_during_the_vision_benchmark_is_one_line(tmp_path):
+    """The real script, interrupted once it has said what it runs (its imports are not its code to guard)."""
+    env = {**os.environ, "MCDI_CACHE": str(tmp_path / "cache")}
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "vision.py"
+    args = [sys.executable, str(script), "--suite", "dg", "--quick", "--out-dir", str(tmp_path / "out")]
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = process.stdout.readline()
+    assert first.startswith("vision benchmark: suites ['dg'], seeds [0]"), (first, process.communicate())
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=60)
+    assert process.returncode == 130, err
+    assert err.strip() == "benchmarks/vision.py: interrupted; finished stages are cached, the same command resumes", (
+        err
+    )

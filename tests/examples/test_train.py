@@ -166,3 +166,12 @@ def test_example_configs_parse():
     for name, kind in (("multi_gpu", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed", "DEEPSPEED")):
         config = load_config_from_file(str(ROOT / "examples" / "configs" / f"accelerate_{name}.yaml"))
         assert config.distributed_type.value == kind
+
+
+def test_a_config_error_under_two_processes_is_said_once_by_the_main_process(tmp_path):
+    cmd = [*launch(2), "--config", str(write_config(tmp_path / "c.yaml")), "nonsense_key=1"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1
+    ours = [line for line in proc.stderr.splitlines() if "nonsense_key" in line]
+    assert len(ours) == 1 and ours[0].startswith("train.py: error: unknown config key 'nonsense_key'"), proc.stderr
+    assert "train.py train:" not in proc.stderr and "Traceback" not in proc.stderr.split("nonsense_key")[0]

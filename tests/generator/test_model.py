@@ -158,6 +158,22 @@ def test_missing_files_are_named(tmp_path):
         McDiGenerator.from_pretrained(tmp_path)
 
 
+@pytest.mark.parametrize("where", ["missing-folder", "runs/x/generator", "./gen", "~/no/such/generator"])
+def test_a_path_that_does_not_exist_is_not_sent_to_the_hub(tmp_path, monkeypatch, where):
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / where) if where == "missing-folder" else where
+    with pytest.raises(FileNotFoundError, match=r"does not exist, and it is not a Hub id \(like 'owner/name'\)"):
+        McDiGenerator.from_pretrained(path)
+
+
+def test_a_hub_id_that_cannot_be_found_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"no generator folder at 'owner/missing', and the Hub lookup"):
+        McDiGenerator.from_pretrained("owner/missing", local_files_only=True, cache_dir=tmp_path)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(NotADirectoryError, match="is a file; a generator is a folder"):
+        McDiGenerator.from_pretrained(tmp_path / "file")
+
+
 def test_wrong_condition_width_is_named():
     gen = make_generator("mlp")
     with pytest.raises(ValueError, match="condition_dim=4"):

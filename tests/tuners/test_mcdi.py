@@ -212,13 +212,47 @@ def test_adapt_without_generator_or_with_bad_arguments():
     model = get_peft_model(tiny_llama(), McDiConfig(r=4, target_modules=["q_proj", "v_proj"]))
     with pytest.raises(ValueError, match="has no generator"):
         model.adapt(embedding=torch.randn(COND))
-    with pytest.raises(ValueError, match="exactly one of prompts or embedding"):
+    with pytest.raises(ValueError, match=r"exactly one of prompts \(task descriptions\) or embedding="):
         model.adapt()
     with pytest.raises(ValueError, match="2 tasks need adapter_names"):
         model.adapt(embedding=torch.randn(2, COND))
     model.create_generator(condition_dim=COND)
     with pytest.raises(ValueError, match="condition_dim=8"):
         model.adapt(embedding=torch.randn(5))
+
+
+@pytest.mark.parametrize(
+    "prompts, match",
+    [
+        ("", r"the prompt is empty: describe the task"),
+        ("   ", r"the prompt is empty"),
+        ([], r"the prompt list is empty: pass at least one task description"),
+        (["a fish", ""], r"prompt 1 is empty"),
+        (["a fish", 3], r"prompt 1 is a int; prompts must be strings"),
+        (torch.randn(10, COND), r"prompts must be strings .* use adapt\(embedding=tensor\)"),
+    ],
+)
+def test_adapt_refuses_prompts_that_would_write_a_meaningless_adapter(prompts, match):
+    model, _ = make()
+    before = lora_state(model)
+    with pytest.raises(ValueError, match=match):
+        model.adapt(prompts)
+    assert all(torch.equal(before[k], v) for k, v in lora_state(model).items())  # nothing was written
+
+
+@pytest.mark.parametrize(
+    "embedding, match",
+    [
+        (torch.zeros(0, COND), r"non-empty tensor of shape \(C,\) or \(B, C\), got \[0, 8\]"),
+        (torch.zeros(1, 2, COND), r"got \[1, 2, 8\]"),
+        ([0.0] * COND, r"got list"),
+        (torch.full((COND,), float("nan")), r"NaN or infinite"),
+    ],
+)
+def test_adapt_refuses_malformed_embeddings(embedding, match):
+    model, _ = make()
+    with pytest.raises(ValueError, match=match):
+        model.adapt(embedding=embedding)
 
 
 def test_adapt_from_a_prompt_uses_the_offline_sentence_encoder():

@@ -196,13 +196,7 @@ class McDiModel(LoraModel):
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
         if num_samples > 1 and examples is None:
             raise ValueError("num_samples > 1 selects on labelled examples: pass examples=dict(..., labels=...).")
-        if (prompts is None) == (embedding is None):
-            raise ValueError("pass exactly one of prompts or embedding.")
-        num_tasks = (
-            (1 if isinstance(prompts, str) else len(prompts))
-            if prompts is not None
-            else (1 if embedding.dim() == 1 else embedding.shape[0])
-        )
+        num_tasks = _count_tasks(prompts, embedding)
         if adapter_names is None:
             if num_tasks != 1:
                 raise ValueError(f"{num_tasks} tasks need adapter_names (one per task).")
@@ -301,6 +295,35 @@ class McDiModel(LoraModel):
         generator = self._mcdi_generators.get(self.active_adapters[0])
         if generator is not None and config.generator_name_or_path == template.generator_name_or_path:
             self.attach_generator(generator, name)
+
+
+def _count_tasks(prompts, embedding) -> int:
+    """How many tasks one ``adapt()`` call writes, after refusing what would otherwise write a meaningless adapter
+    silently (an empty prompt) or fail later with a message about something else (a tensor given as prompts)."""
+    if (prompts is None) == (embedding is None):
+        raise ValueError("pass exactly one of prompts (task descriptions) or embedding= (precomputed conditions).")
+    if embedding is not None:
+        if not isinstance(embedding, torch.Tensor) or embedding.dim() not in (1, 2) or embedding.numel() == 0:
+            shape = list(embedding.shape) if isinstance(embedding, torch.Tensor) else type(embedding).__name__
+            raise ValueError(f"embedding= must be a non-empty tensor of shape (C,) or (B, C), got {shape}.")
+        if not torch.isfinite(embedding).all():
+            raise ValueError("embedding= contains NaN or infinite values.")
+        return 1 if embedding.dim() == 1 else embedding.shape[0]
+    if isinstance(prompts, torch.Tensor):
+        raise ValueError(
+            "prompts must be strings (a task description or a list of them); to pass precomputed conditions, "
+            "use adapt(embedding=tensor)."
+        )
+    texts = [prompts] if isinstance(prompts, str) else list(prompts)
+    if not texts:
+        raise ValueError("the prompt list is empty: pass at least one task description.")
+    for i, text in enumerate(texts):
+        where = "the prompt" if isinstance(prompts, str) else f"prompt {i}"
+        if not isinstance(text, str):
+            raise ValueError(f"{where} is a {type(text).__name__}; prompts must be strings (or pass embedding=).")
+        if not text.strip():
+            raise ValueError(f"{where} is empty: describe the task, e.g. 'Decide whether the word names a fish.'")
+    return len(texts)
 
 
 def _weights_sha256(generator_path: str | None) -> str | None:
