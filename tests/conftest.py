@@ -4,6 +4,12 @@ import pytest
 import torch
 
 
+# Nothing here may reach the Hub (these machines have none; a lookup there waits ~23 s on retries before failing):
+# the Hub-id models come from the offline copies in the Hugging Face cache (scripts/setup.sh). Set before any test
+# module imports huggingface_hub, which reads it once; HF_HUB_OFFLINE=0 in the environment overrides it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _isolated_cache(tmp_path_factory):
     """No test reads or writes the user's cache; each session gets a fresh one. Session-scoped, so that module- and

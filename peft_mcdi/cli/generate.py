@@ -57,15 +57,14 @@ def _parse_condition(text: str, generator):
 def _build_base_model(base: str, meta: dict):
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    from peft_mcdi.models.offline import resolve_pretrained
+    from peft_mcdi.models.offline import from_pretrained
     from peft_mcdi.utils import check_local_or_hub
 
     check_local_or_hub(base, "--base-model")
-    path = resolve_pretrained(base)
     if str(meta.get("task_type", "")).upper() == "SEQ_CLS":
-        model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=int(meta.get("num_labels", 2)))
+        model = from_pretrained(AutoModelForSequenceClassification, base, num_labels=int(meta.get("num_labels", 2)))
     else:
-        model = AutoModelForCausalLM.from_pretrained(path)
+        model = from_pretrained(AutoModelForCausalLM, base)
     _check_target_modules(model, base, meta)
     return model
 

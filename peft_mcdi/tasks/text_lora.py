@@ -276,7 +276,7 @@ def build_peft_model(
     from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
-    from peft_mcdi.models.offline import SMOLLM2_HUB_ID, resolve_pretrained
+    from peft_mcdi.models.offline import SMOLLM2_HUB_ID, from_pretrained
     from peft_mcdi.tuners.mcdi import McDiConfig
 
     hub_id, default_type = KNOWN_BASES.get(base, (base, "CAUSAL_LM"))
@@ -288,15 +288,14 @@ def build_peft_model(
         raise ValueError(f"load_in_4bit is supported for causal-LM bases only, got base={base!r} ({task_type}).")
     torch.manual_seed(seed)
     if task_type == "SEQ_CLS":
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_pretrained(hub_id), num_labels=2)
+        model = from_pretrained(AutoModelForSequenceClassification, hub_id, num_labels=2)
     else:
         quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
-        model = AutoModelForCausalLM.from_pretrained(resolve_pretrained(hub_id), dtype=torch.float32, **quantized)
+        model = from_pretrained(AutoModelForCausalLM, hub_id, dtype=torch.float32, **quantized)
         keep_4bit_layers_trainable_on_cpu(model)
     config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
-    peft_model = get_peft_model(model, config)
-    peft_model.peft_config["default"].base_model_name_or_path = hub_id  # not the offline copy's local path
-    return peft_model, AutoTokenizer.from_pretrained(resolve_pretrained(hub_id))
+    peft_model = get_peft_model(model, config)  # names the base by its Hub id, not the offline copy's folder
+    return peft_model, from_pretrained(AutoTokenizer, hub_id)
 
 
 def shared_model(peft_model, tokenizer, init_seed: int = 0, **kwargs) -> SharedLoRAModel:
