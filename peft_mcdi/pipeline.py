@@ -261,7 +261,12 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
 
     output_dir = Path(config.output_dir) if config.output_dir else None
     trainer = MetaTrainer(
-        generator, data, config.meta, accelerator=accelerator, output_dir=output_dir / "train" if output_dir else None
+        generator,
+        data,
+        config.meta,
+        accelerator=accelerator,
+        output_dir=output_dir / "train" if output_dir else None,
+        tasks=list(tasksets.train),  # build_generator keeps their order: the functional term scores on them
     )
     resumed_from = trainer.step if trainer.maybe_resume() else 0
     if resumed_from:

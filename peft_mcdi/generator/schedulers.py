@@ -195,6 +195,18 @@ class LocalConsistencyScheduler:
         noise_scale = ((1 - glob) / (1 - local).sqrt()).to(sample.dtype)[:, None]
         return (sample - noise_scale * noise) / glob.sqrt().to(sample.dtype)[:, None]
 
+    def clean_estimate(
+        self, sample: torch.Tensor, model_output: torch.Tensor, timesteps: torch.Tensor
+    ) -> torch.Tensor:
+        """x̂₀ the denoiser's output implies under the global schedule, (batch, D): (x_t − √(1−ᾱ_t)·f)/√ᾱ_t for
+        ε-prediction, f itself for x̂₀-prediction. For x_t drawn from the last segment's target (b_k = 0, where the
+        local and global schedules agree) it estimates the final weights θ⁽ᵏ⁾ — what the functional term of SPEC §3.7
+        decodes and scores."""
+        if self.config.prediction_type == "sample":
+            return model_output
+        acp = self.alphas_cumprod.to(timesteps.device)[timesteps].to(sample.dtype)[:, None]
+        return (sample - (1 - acp).sqrt() * model_output) / acp.sqrt()
+
     # ---------------------------------------------------------------- sampling
     def timesteps_for(self, num_inference_steps: int | None = None) -> list[tuple[int, int]]:
         """The (t, t_prev) pairs a sampler visits, from T down to 0; ``None`` means all T steps."""

@@ -7,6 +7,8 @@ One outer step, both algorithms:
 2. Each process evaluates its slots (j ≡ rank mod world) at once with ``torch.func.vmap``:
    - Reptile: ``inner_steps`` SGD steps at ``inner_lr`` from φ on the slot's task → the delta φ_j − φ.
    - single-level: the gradient of the slot's loss at φ.
+   With ``functional_weight`` λ > 0 each slot's loss gains λ·(task loss of its decoded clean estimate), SPEC §3.7
+   (:mod:`peft_mcdi.meta.functional`): it runs through the task's own model, so it is added slot by slot.
 3. The per-slot results are summed over processes (one all-reduce of a flat vector) and averaged, giving the outer
    pseudo-gradient: Reptile ``φ − mean_j φ_j``, single-level ``mean_j ∇L_j(φ)``. It is written to ``.grad`` and an
    ordinary optimizer steps: plain SGD at ζ reproduces φ ← φ + ζ·mean_j(φ_j − φ); Adam converges in small budgets.
@@ -28,7 +30,9 @@ from tqdm.auto import tqdm
 
 from peft_mcdi.generator.model import WEIGHTS_NAME, McDiGenerator
 from peft_mcdi.meta.data import ZooTensors
+from peft_mcdi.meta.functional import FunctionalDraw, draw_functional, functional_loss
 from peft_mcdi.meta.losses import LossNoise, draw_loss_noise
+from peft_mcdi.tasks.base import Task
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, stable_hash
 
 
@@ -57,6 +61,21 @@ class MetaTrainConfig(DictConfigMixin):
         default=32, metadata={"help": "(segment, step, noise) draws per task per loss evaluation."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of task sampling and diffusion noise."})
+    functional_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "λ of the functional term (SPEC §3.7): the task loss of the weights decoded from the denoiser's "
+            "clean estimate, on one batch of the task's examples, added to the diffusion loss. 0: the paper's Mc-Di.",
+            "omit_default": True,
+        },
+    )
+    functional_samples: int = field(
+        default=4,
+        metadata={
+            "help": "Noise draws per task whose clean estimates the functional term scores.",
+            "omit_default": True,
+        },
+    )
     checkpoint_every: int = field(default=0, metadata={"help": "Checkpoint every N outer steps (0: only at the end)."})
     log_every: int = field(default=50, metadata={"help": "Average and log the loss every N outer steps."})
 
@@ -68,6 +87,10 @@ class MetaTrainConfig(DictConfigMixin):
         for name in ("num_outer_steps", "meta_batch_size", "inner_steps", "samples_per_task", "log_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
+        if not self.functional_weight >= 0:
+            raise ValueError(f"functional_weight must be >= 0 (0: off), got {self.functional_weight!r}.")
+        if self.functional_samples < 1:
+            raise ValueError(f"functional_samples must be >= 1, got {self.functional_samples}.")
 
 
 def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:
@@ -77,7 +100,8 @@ def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:
 
 class MetaTrainer:
     """Trains ``generator`` on ``data`` (the zoo in codec space). Pass an ``accelerate.Accelerator`` to spread the
-    meta-batch over its processes; ``output_dir`` enables checkpoints and resume."""
+    meta-batch over its processes; ``output_dir`` enables checkpoints and resume; ``tasks`` (the training tasks, in
+    the order of ``data.task_ids``) feed the functional term when ``config.functional_weight > 0``."""
 
     def __init__(
         self,
@@ -86,9 +110,16 @@ class MetaTrainer:
         config: MetaTrainConfig,
         accelerator=None,
         output_dir: str | Path | None = None,
+        tasks: list[Task] | None = None,
     ) -> None:
         if len(data) == 0:
             raise ValueError("the zoo holds no tasks to train on.")
+        if config.functional_weight > 0:
+            if tasks is None:
+                raise ValueError("functional_weight > 0 scores generated weights on the training tasks: pass tasks=.")
+            if [t.task_id for t in tasks] != list(data.task_ids):
+                raise ValueError("tasks= must be the zoo's training tasks in the order of data.task_ids.")
+        self.tasks = tasks
         if data.targets.shape[1] != generator.scheduler.num_segments:
             raise ValueError(
                 f"zoo targets carry {data.targets.shape[1]} local targets per task, the generator's scheduler "
@@ -120,12 +151,14 @@ class MetaTrainer:
         loss_noise = LossNoise(segments, timesteps, noise, drop)
         return functional_call(self.generator, (params, buffers), (targets, condition, loss_noise, self.layout))
 
-    def _draw_slots(self, step: int) -> tuple[torch.Tensor, torch.Tensor, list[tuple[torch.Tensor, ...]]]:
-        """This process's slots of outer step ``step``: targets (m, k, D), conditions (m, ...), and per inner step a
-        tuple of stacked noise tensors (m, n, ...)."""
+    def _draw_slots(self, step: int):
+        """This process's slots of outer step ``step``: targets (m, k, D), conditions (m, ...), per inner step a
+        tuple of stacked noise tensors (m, n, ...), and per inner step the slots' functional draws (each slot's
+        task index and :class:`FunctionalDraw`; none when the term is off, so that λ = 0 draws exactly as before)."""
         cfg, gen = self.config, self.generator
         draws = 1 if cfg.algorithm == "single_level" else cfg.inner_steps
-        idx, noise = [], []
+        dim = self.data.targets.shape[-1]
+        idx, noise, functional = [], [], [[] for _ in range(draws)]
         for slot in range(self.rank, cfg.meta_batch_size, self.world_size):
             g = slot_generator(cfg.seed, step, slot)
             idx.append(int(torch.randint(len(self.data), (1,), generator=g)))
@@ -134,7 +167,7 @@ class MetaTrainer:
                     draw_loss_noise(
                         gen.scheduler,
                         cfg.samples_per_task,
-                        self.data.targets.shape[-1],
+                        dim,
                         g,
                         gen.config.loss_variant,
                         gen.config.condition_dropout,
@@ -142,24 +175,56 @@ class MetaTrainer:
                     for _ in range(draws)
                 ]
             )
+            if cfg.functional_weight > 0:
+                for s in range(draws):
+                    draw = draw_functional(gen, self.tasks[idx[-1]], cfg.functional_samples, dim, g)
+                    functional[s].append((idx[-1], draw))
         stacked = [
             tuple(torch.stack(parts).to(self.device) for parts in zip(*(n[s] for n in noise))) for s in range(draws)
         ]
         rows = torch.tensor(idx)
-        return self.data.targets[rows].to(self.device), self.data.conditions[rows].to(self.device), stacked
+        return self.data.targets[rows].to(self.device), self.data.conditions[rows].to(self.device), stacked, functional
+
+    def _add_functional(self, grads, losses, params, per_slot: bool, draws: list[tuple[int, FunctionalDraw]]):
+        """Add λ·∇(task loss of the decoded clean estimate) and λ·(that loss) to each slot's gradient and loss, at the
+        slot's own parameters (``per_slot``: Reptile's fast weights, (m, *shape)) or at the shared φ."""
+        weight = self.config.functional_weight
+        prefix = "denoiser."
+        names = [n for n in params if n.startswith(prefix)]
+        for j, (index, draw) in enumerate(draws):
+            own = {n[len(prefix) :]: params[n][j] if per_slot else params[n] for n in names}
+
+            def term(denoiser_params, index=index, draw=draw):
+                return functional_loss(
+                    self.generator,
+                    denoiser_params,
+                    self.data.targets[index, -1].to(self.device),
+                    self.data.conditions[index].to(self.device),
+                    FunctionalDraw(draw.timesteps.to(self.device), draw.noise.to(self.device), draw.batch),
+                    self.tasks[index],
+                    self.layout,
+                )
+
+            term_grads, value = grad_and_value(term)(own)
+            for name, g in term_grads.items():
+                grads[prefix + name][j] += weight * g
+            losses[j] += weight * value.detach()
+        return grads, losses
 
     # -------------------------------------------------------- one outer step
     def _local_sums(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """Sum over this process's slots of the Reptile deltas φ_j − φ, or of ∇L_j(φ) (single-level), and of the loss
         at φ. Deltas are accumulated directly rather than as φ_j: φ_j − φ would cancel catastrophically in float32,
         and Adam would amplify that rounding noise (and make N processes disagree with one)."""
-        targets, conditions, noise = self._draw_slots(step)
+        targets, conditions, noise, functional = self._draw_slots(step)
         params = {n: p.detach() for n, p in self.params.items()}
         buffers = dict(self.generator.named_buffers())
         if self.config.algorithm == "single_level":
             grads, losses = vmap(self._grad_fn, in_dims=(None, None, 0, 0, 0, 0, 0, 0))(
                 params, buffers, targets, conditions, *noise[0]
             )
+            if functional[0]:
+                grads, losses = self._add_functional(grads, losses, params, False, functional[0])
             return {n: g.sum(0) for n, g in grads.items()}, losses.sum()
         m = targets.shape[0]
         delta = {n: p.new_zeros(m, *p.shape) for n, p in params.items()}  # φ_j − φ, (m, *shape)
@@ -169,6 +234,8 @@ class MetaTrainer:
             grads, losses = vmap(self._grad_fn, in_dims=(0, None, 0, 0, 0, 0, 0, 0))(
                 fast, buffers, targets, conditions, *noise[inner]
             )
+            if functional[inner]:
+                grads, losses = self._add_functional(grads, losses, fast, True, functional[inner])
             delta = {n: delta[n] - self.config.inner_lr * grads[n] for n in delta}
             first_loss = losses.sum() if first_loss is None else first_loss
         return {n: d.sum(0) for n, d in delta.items()}, first_loss

@@ -42,7 +42,7 @@ def test_reptile_update_equals_hand_computation():
     )
     trainer = MetaTrainer(gen, data, cfg)
     phi = {n: p.detach().clone() for n, p in gen.named_parameters()}
-    targets, conditions, noise = trainer._draw_slots(0)
+    targets, conditions, noise, _ = trainer._draw_slots(0)
 
     adapted = []
     for j in range(3):  # each slot: copy φ and take inner SGD steps on its task, written out plainly
@@ -68,7 +68,7 @@ def test_single_level_update_is_the_mean_task_gradient():
         algorithm="single_level", meta_batch_size=4, outer_optimizer="sgd", outer_lr=0.1, samples_per_task=4
     )
     trainer = MetaTrainer(gen, data, cfg)
-    targets, conditions, noise = trainer._draw_slots(0)
+    targets, conditions, noise, _ = trainer._draw_slots(0)
     model = copy.deepcopy(gen)
     loss = sum(slot_loss(model, targets[j], conditions[j], [x[j] for x in noise[0]]) for j in range(4)) / 4
     grads = dict(zip([n for n, _ in model.named_parameters()], torch.autograd.grad(loss, list(model.parameters()))))
@@ -83,10 +83,10 @@ def test_draws_do_not_depend_on_the_process_layout():
     gen, data = toy()
     cfg = MetaTrainConfig(meta_batch_size=4, samples_per_task=3)
     single = MetaTrainer(gen, data, cfg)
-    t1, c1, n1 = single._draw_slots(5)
+    t1, c1, n1, _ = single._draw_slots(5)
     for rank in (0, 1):  # a 2-process layout takes slots rank, rank + 2
         single.rank, single.world_size = rank, 2
-        t2, c2, n2 = single._draw_slots(5)
+        t2, c2, n2, _ = single._draw_slots(5)
         torch.testing.assert_close(t2, t1[rank::2])
         torch.testing.assert_close(n2[0][2], n1[0][2][rank::2])
 
