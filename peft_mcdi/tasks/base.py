@@ -72,6 +72,36 @@ class TaskSet(Sequence[Task]):
         return torch.stack([t.condition for t in self.tasks])
 
 
+# Two classes tie when their scores differ by less than this fraction of the size of the terms they were summed from
+# (when that is not known, of the row's largest |score|). Classes with identical head rows (the mean-of-zoo baseline, a
+# zero head) get scores that differ only by float rounding, and which one rounds higher depends on the summation
+# order, i.e. on the CPU's kernels (AVX2 or AVX-512, Intel or AMD, blocked or not): a plain argmax then picks a class
+# at the kernels' whim and the accuracy moves with the machine. A float32 dot product, however it is summed, lands
+# within a few 1e-7 of its terms' total size (measured ≤ 2.2e-7 for d = 128…1280 through mv, mm, blocked and
+# sequential sums); real margins between classes are orders of magnitude larger, so this only merges classes that
+# are equal up to rounding, and a real near-tie it merged would only be scored at its expected value under a random
+# tie-break. The size must be the terms', not the score's: a score that nearly cancels (x·w ≈ 0 with large terms)
+# carries a rounding error far larger than itself.
+TIE_RTOL = 1e-5
+
+
+def accuracy(
+    scores: torch.Tensor, labels: torch.Tensor, magnitude: torch.Tensor | None = None, rtol: float = TIE_RTOL
+) -> torch.Tensor:
+    """Classification accuracy with ties broken at random, in expectation: scores (…, n, C), labels (…, n) → (…).
+
+    An example scores 1/k when its label is among the k classes whose score is within ``rtol`` × size of the row's
+    maximum, else 0; a row with a NaN scores 0. The size is the largest of the row's ``magnitude`` (broadcastable to
+    ``scores``: the summed size of each score's terms, e.g. |x|·|w| + |b| for a linear head), by default the row's
+    largest |score|; a row of exact zeros ties fully. Without ties this is the fraction of argmax predictions that
+    are right; with them it does not depend on the CPU's kernels (see ``TIE_RTOL``)."""
+    size = (scores if magnitude is None else torch.broadcast_to(magnitude, scores.shape)).abs().amax(-1, keepdim=True)
+    top = scores.max(-1, keepdim=True).values
+    tied = (scores == top) | (scores >= top - rtol * size)  # the first term keeps ±inf maxima (inf − inf is nan)
+    hit = tied.gather(-1, labels.long().unsqueeze(-1)).squeeze(-1)
+    return (hit.float() / tied.sum(-1).clamp(min=1)).mean(-1)
+
+
 @dataclass
 class TaskSets:
     """Task-level splits. ``test`` tasks must never feed the generator's training (SPEC §4)."""

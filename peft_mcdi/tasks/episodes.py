@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from peft_mcdi.tasks.base import Task
+from peft_mcdi.tasks.base import Task, accuracy
 from peft_mcdi.utils import DictConfigMixin
 
 
@@ -139,13 +139,22 @@ class HeadTask(Task):
         return x + self.config.feature_noise * torch.randn(x.shape, generator=generator), y
 
     def evaluate(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Query accuracy; params may carry leading batch dims (…, N, d), the result has them."""
-        return (head_logits(params, self.query_x).argmax(-1) == self.query_y).float().mean(-1)
+        """Query accuracy (ties split, :func:`~peft_mcdi.tasks.base.accuracy`); params may carry leading batch dims
+        (…, N, d), the result has them."""
+        return head_accuracy(params, self.query_x, self.query_y)
 
 
 def head_logits(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Linear head logits: weight (…, N, d), bias (…, N), x (…, n, d) or (n, d) → (…, n, N)."""
     return torch.einsum("...nd,...cd->...nc", x, params["weight"]) + params["bias"][..., None, :]
+
+
+def head_accuracy(params: dict[str, torch.Tensor], x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Accuracy of linear heads on x (…, n, d) with labels y (…, n) → (…). Classes whose logits differ only by
+    rounding tie (:func:`~peft_mcdi.tasks.base.accuracy`, sized by |x|·|w| + |b|), so identical head rows score
+    exactly 1/N on every CPU."""
+    magnitude = head_logits({"weight": params["weight"].abs(), "bias": params["bias"].abs()}, x.abs())
+    return accuracy(head_logits(params, x), y, magnitude)
 
 
 def prototypes(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -250,5 +259,6 @@ class EpisodeBatch:
         return prototypes(self.support_x, self.support_y, self.num_ways)  # (E, N, d)
 
     def accuracy(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Per-episode query accuracy of heads (E, N, d) / (E, N): (E,)."""
-        return (head_logits(params, self.query_x).argmax(-1) == self.query_y).float().mean(-1)
+        """Per-episode query accuracy of heads (E, N, d) / (E, N): (E,); each episode as :meth:`HeadTask.evaluate`
+        scores it."""
+        return head_accuracy(params, self.query_x, self.query_y)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, register_tasksets
+from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, accuracy, register_tasksets
 from peft_mcdi.tasks.wordnet import ConceptTask, WordNetTaskConfig, build_concept_tasks
 
 
@@ -80,7 +80,7 @@ class SharedLoRAModel:
         return self.forward(params, batch).loss
 
     def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 2) class scores; the prediction is their argmax."""
+        """(B, 2) class scores; the prediction is their argmax (ties split: :func:`~peft_mcdi.tasks.base.accuracy`)."""
         return self.forward(params, batch).logits
 
     @torch.no_grad()
@@ -206,8 +206,7 @@ class ConceptLoRATask(Task):
         first = next(iter(params.values()))
         expected = self.shared.theta0[next(iter(params))].dim()
         if first.dim() == expected:
-            scores = self.shared.scores(params, self._test)
-            return (scores.argmax(-1) == self._test["labels"]).float().mean()
+            return accuracy(self.shared.scores(params, self._test), self._test["labels"])
         return torch.stack([self.evaluate({k: v[j] for k, v in params.items()}) for j in range(first.shape[0])])
 
     @torch.no_grad()
@@ -231,7 +230,7 @@ class ConceptLoRATask(Task):
         LoRA's input format); ``description`` defaults to the task's own."""
         pairs = self.concept.test
         batch = self.shared.batch(pairs, [description or self.concept.description] * len(pairs))
-        return float((self.shared.scores(params, batch).argmax(-1) == batch["labels"]).float().mean())
+        return float(accuracy(self.shared.scores(params, batch), batch["labels"]))
 
 
 def quantized_4bit_config():

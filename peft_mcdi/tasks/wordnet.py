@@ -13,6 +13,7 @@ is then dropped, so no held-out task is a sub- or super-task of a training task 
 
 from __future__ import annotations
 
+import functools
 import gzip
 import json
 import random
@@ -179,6 +180,28 @@ def _paraphrase(synset) -> str:
     return f"Answer yes if the word is a type of {name}, a kind of {parent} ({synset.definition()}); otherwise no."
 
 
+@functools.lru_cache(maxsize=2)
+def _categories_and_pools(min_hyponyms: int, max_hyponyms: int, match_frequency: bool):
+    """What every split with these category bounds shares, kept for the process (≈15 s to walk WordNet): the
+    categories {synset name: its single-word hyponym lemmas}, each noun's frequency band, and the negative pools
+    {(length, band): nouns}. Read only."""
+    wn = load_wordnet()
+    categories = {}
+    for synset in wn.all_synsets("n"):
+        if not synset.hyponyms():
+            continue
+        members = _single_word_lemmas(synset.closure(lambda s: s.hyponyms()))
+        if min_hyponyms <= len(members) <= max_hyponyms:
+            categories[synset.name()] = frozenset(members)
+    all_nouns = sorted(_single_word_lemmas(wn.all_synsets("n")))
+    counts = noun_frequencies() if match_frequency else {}
+    band = {word: frequency_band(counts.get(word, 0)) for word in all_nouns}
+    pools: dict[tuple[int, int], list[str]] = {}
+    for word in all_nouns:
+        pools.setdefault((len(word), band[word]), []).append(word)
+    return categories, band, pools
+
+
 def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask]]:
     """{"train": [...], "test": [...]} — deterministic given the config; cached as JSON under the cache root."""
     path = cache_root() / "wordnet_tasks" / f"{stable_hash(config.to_dict())}.json"
@@ -187,19 +210,7 @@ def build_concept_tasks(config: WordNetTaskConfig) -> dict[str, list[ConceptTask
         return {split: [ConceptTask(**t) for t in tasks] for split, tasks in data.items()}
     wn = load_wordnet()
     rng = random.Random(config.seed)
-    categories = {}
-    for synset in wn.all_synsets("n"):
-        if not synset.hyponyms():
-            continue
-        members = _single_word_lemmas(synset.closure(lambda s: s.hyponyms()))
-        if config.min_hyponyms <= len(members) <= config.max_hyponyms:
-            categories[synset.name()] = members
-    all_nouns = sorted(_single_word_lemmas(wn.all_synsets("n")))
-    counts = noun_frequencies() if config.match_frequency else {}
-    band = {word: frequency_band(counts.get(word, 0)) for word in all_nouns}
-    pools: dict[tuple[int, int], list[str]] = {}
-    for word in all_nouns:
-        pools.setdefault((len(word), band[word]), []).append(word)
+    categories, band, pools = _categories_and_pools(config.min_hyponyms, config.max_hyponyms, config.match_frequency)
 
     names = sorted(categories)
     rng.shuffle(names)

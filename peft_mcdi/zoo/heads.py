@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from peft_mcdi.tasks.episodes import EpisodeBatch, HeadTask, head_logits
+from peft_mcdi.tasks.episodes import EpisodeBatch, HeadTask, head_accuracy, head_logits
 from peft_mcdi.zoo.recorder import RecorderConfig, batch_order_generator
 from peft_mcdi.zoo.store import ZooStore
 
@@ -78,8 +78,7 @@ def train_heads(
 
     def query_accuracy() -> torch.Tensor:
         with torch.no_grad():
-            logits = head_logits(params, transform(batch.query_x, params))
-            return (logits.argmax(-1) == batch.query_y).float().mean(-1)
+            return head_accuracy(params, transform(batch.query_x, params), batch.query_y)
 
     accuracy, losses, kept, seconds = [query_accuracy()], [], {}, 0.0
     for step in range(1, num_steps + 1):

@@ -1,4 +1,6 @@
-"""The LLM benchmark harness end to end on a tiny configuration of the real MiniLM setting."""
+"""The LLM benchmark harness end to end on a tiny configuration of the MiniLM setting: in the default suite on a tiny
+random BERT with MiniLM's tokenizer (the same code path: a sequence classifier, LoRA on query/value, a 2-way head),
+under ``-m slow`` on the real all-MiniLM-L6-v2 as well (about a minute on two cores)."""
 
 import json
 import runpy
@@ -8,6 +10,7 @@ import pytest
 import torch
 
 from peft_mcdi.evaluation.llm import (
+    BASES,
     GENERATOR_VARIANTS,
     LLMBenchConfig,
     results_key,
@@ -17,7 +20,10 @@ from peft_mcdi.evaluation.llm import (
 )
 from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize
 from peft_mcdi.generator.model import McDiGenerator
+from peft_mcdi.models.offline import MINILM_HUB_ID, resolve_pretrained
 from peft_mcdi.pipeline import build_tasksets
+from peft_mcdi.tasks.base import _REGISTRY as task_registry
+from peft_mcdi.tasks.text_lora import KNOWN_BASES, _wordnet_tasksets
 
 
 pytestmark = pytest.mark.skipif(
@@ -37,9 +43,36 @@ TINY = {
 }
 
 
-@pytest.fixture(scope="module")
-def config():
-    return LLMBenchConfig.for_base("minilm", TINY)
+TINY_BERT = "tiny-bert"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def tiny_bert(tmp_path_factory):
+    """A 2-layer, 32-wide random BERT with MiniLM's tokenizer, registered as the benchmark base "tiny-bert" (its
+    WordNet task family included) for this module only."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_pretrained(MINILM_HUB_ID))
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, num_labels=2)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+
+    def tasksets(num_train_tasks: int, num_test_tasks: int, seed: int = 0):  # wordnet-minilm's, on the tiny BERT
+        return _wordnet_tasksets(TINY_BERT, num_train_tasks, num_test_tasks, 4, ("query", "value"), seed, 32, 32)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setitem(KNOWN_BASES, TINY_BERT, (str(folder), "SEQ_CLS"))
+        patch.setitem(BASES, TINY_BERT, {**BASES["minilm"], "taskset": f"wordnet-{TINY_BERT}"})
+        patch.setitem(task_registry, f"wordnet-{TINY_BERT}", tasksets)
+        yield
+
+
+@pytest.fixture(scope="module", params=[TINY_BERT, pytest.param("minilm", marks=pytest.mark.slow)])
+def config(request):
+    return LLMBenchConfig.for_base(request.param, TINY)
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +85,7 @@ def test_every_method_is_measured_on_the_same_heldout_tasks(record):
                 "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
     assert set(record["per_task"]) == expected
     assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
-    assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head picks one class for every (balanced) test set
+    assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head ties both classes: 1/2 per test word
 
 
 def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):
@@ -161,7 +194,7 @@ def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_k
 def test_another_temperature_reevaluates_the_trained_generator(config, record):
     """The temperature changes the evaluation only: same run folder, no meta-training step taken again, the
     deterministic chain's adapters in the results, and a record of its own."""
-    cold = LLMBenchConfig.for_base("minilm", {**TINY, "temperature": 0.0})
+    cold = LLMBenchConfig.for_base(config.base, {**TINY, "temperature": 0.0})
     warm_run, cold_run = config.pipeline(0, "mcdi"), cold.pipeline(0, "mcdi")
     assert warm_run.output_dir == cold_run.output_dir and cold_run.temperature == 0.0
     results = run_variant(cold_run, build_tasksets(cold_run), progress=False, log=lambda *a: None)
@@ -173,12 +206,12 @@ def test_another_temperature_reevaluates_the_trained_generator(config, record):
     assert results_key([cold.to_dict(), 0]) != results_key([config.to_dict(), 0])
 
 
-def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypatch):
+def test_latency_script_retimes_the_trained_generator(config, record, tmp_path, monkeypatch):
     script = Path(__file__).resolve().parents[2] / "benchmarks" / "studies" / "llm_latency.py"
     argv = [
         str(script),
         "--base",
-        "minilm",
+        config.base,
         "--repeats",
         "2",
         "--rounds",
@@ -190,7 +223,7 @@ def test_latency_script_retimes_the_trained_generator(record, tmp_path, monkeypa
     ]
     monkeypatch.setattr("sys.argv", argv)
     runpy.run_path(str(script), run_name="__main__")
-    result = json.loads((tmp_path / "llm_minilm_latency.json").read_text())
+    result = json.loads((tmp_path / f"llm_{config.base}_latency.json").read_text())
     timed = list(result["adapt_ms_median"])  # "<sampler>, <n> thread(s)"
     assert all(any(n.startswith(s) for n in timed) for s in ("ddpm (default, all T steps)", "ddim, 5 steps"))
     assert all(v["generator"] > 0 and v["encoder"] > 0 for v in result["adapt_ms_median"].values())

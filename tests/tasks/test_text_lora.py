@@ -52,11 +52,12 @@ def test_shared_init_and_names_match_the_generator_codec(shared):
 def test_recorder_learns_a_real_text_task_without_touching_the_shared_model(shared):
     task = fruit_task(shared)
     own = {k: v.detach().clone() for k, v in shared.model.base_model.lora_parameters().items()}
-    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=8, lr=1e-2))
-    assert task.evaluate(checkpoints[0]) == 0.5  # zero head: one class for every word
-    assert task.evaluate(checkpoints[8]) >= 0.9  # trained on these very words: it must fit them
-    both = task.evaluate({k: torch.stack([checkpoints[0][k], checkpoints[8][k]]) for k in checkpoints[0]})
-    assert both.tolist() == [task.evaluate(checkpoints[0]).item(), task.evaluate(checkpoints[8]).item()]
+    # 4 epochs: it fits these words from the second on (accuracy 1.0 at epochs 2-5, test loss 0.013 at 4)
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=4, lr=1e-2))
+    assert task.evaluate(checkpoints[0]) == 0.5  # zero head: both classes tie on every word, 1/2 each
+    assert task.evaluate(checkpoints[4]) >= 0.9  # trained on these very words: it must fit them
+    both = task.evaluate({k: torch.stack([checkpoints[0][k], checkpoints[4][k]]) for k in checkpoints[0]})
+    assert both.tolist() == [task.evaluate(checkpoints[0]).item(), task.evaluate(checkpoints[4]).item()]
     for k, v in shared.model.base_model.lora_parameters().items():
         assert torch.equal(v, own[k])
 
@@ -82,12 +83,47 @@ def test_smollm2_loads_offline_and_theta0_is_the_base_model(causal):
     torch.testing.assert_close(scores[2], expected, atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.slow  # minutes on a fresh 2-core machine; the default suite runs the tiny-model version below
 def test_recorder_learns_a_text_task_on_the_causal_lm(causal):
+    # lr 3e-3: the same trajectory on AVX-512, AVX2 and baseline kernels (test loss 3.20 → 0.59, AUC 0.54 → 1.0,
+    # accuracy 0.625 while the yes/no threshold is still moving). At 1e-2 the loss spikes to 6.6 in epoch 2 and the
+    # kernels' rounding then sends the runs apart: accuracy after 3 epochs 0.79, 0.71 or 0.75 depending on the CPU.
     task = fruit_task(causal)
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=3, lr=3e-3))
+    assert task.loss(checkpoints[3], task._test) < task.loss(checkpoints[0], task._test) - 1.0
+    assert task.roc_auc(checkpoints[3]) >= 0.9  # trained on these very words: it ranks the fruit first
+    assert task.zero_shot_accuracy() > 0.6  # told "fruit" in words (median-calibrated): better than chance
+
+
+@pytest.fixture(scope="module")
+def tiny_causal(tmp_path_factory):
+    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer, built as any local causal-LM folder is: the causal-LM
+    task's code path in seconds."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from peft_mcdi.models.offline import smollm2_path
+    from peft_mcdi.tasks.text_lora import SharedCausalLoRAModel, build_peft_model
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    LlamaForCausalLM(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    model, tokenizer = build_peft_model(str(folder), r=2, target_modules=["q_proj", "v_proj"])
+    return SharedCausalLoRAModel(model, tokenizer)
+
+
+def test_recorder_trains_a_text_task_on_a_tiny_causal_lm(tiny_causal):
+    """The causal-LM recorder path of the test above on a random model: the label words' loss falls (10.68 → 10.19
+    measured; a random 64-wide model does not learn the category itself), every score is an accuracy."""
+    task = fruit_task(tiny_causal)
     checkpoints, _ = train_task(task, RecorderConfig(num_epochs=3, lr=1e-2))
     assert task.loss(checkpoints[3], task._test) < task.loss(checkpoints[0], task._test) - 0.3
-    assert task.evaluate(checkpoints[3]) >= 0.75  # trained on these very words (chance: 0.5)
-    assert task.zero_shot_accuracy() > 0.6  # told "fruit" in words (median-calibrated): better than chance
+    both = task.evaluate({k: torch.stack([checkpoints[0][k], checkpoints[3][k]]) for k in checkpoints[0]})
+    assert both.tolist() == [task.evaluate(checkpoints[0]).item(), task.evaluate(checkpoints[3]).item()]
+    assert all(0 <= a <= 1 for a in [*both.tolist(), task.zero_shot_accuracy(), task.roc_auc(checkpoints[3])])
 
 
 def test_the_encoder_told_the_task_separates_fruit(shared):
