@@ -62,7 +62,15 @@ BASES = {
         },
     },
 }
-GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level")
+GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level", "mcdi_functional")
+FUNCTIONAL = "_functional"  # a variant name's suffix: that recipe trained with the functional term of SPEC §3.7
+
+
+def variant_recipe(name: str) -> tuple[str, bool]:
+    """The pipeline variant (:data:`~peft_mcdi.pipeline.VARIANTS`) behind a benchmark variant name, and whether it
+    is trained with the functional term ('mcdi_functional' → ('mcdi', True))."""
+    functional = name.endswith(FUNCTIONAL)
+    return (name[: -len(FUNCTIONAL)] if functional else name), functional
 
 
 @dataclass
@@ -117,6 +125,23 @@ class LLMBenchConfig(DictConfigMixin):
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
     )
+    functional_weight: float = field(
+        default=1.0, metadata={"help": "λ of the '*_functional' variants (SPEC §3.7): weight of the task-loss term."}
+    )
+    functional_samples: int = field(
+        default=1,
+        metadata={
+            "help": "Clean estimates per task and step that the functional term scores (each is one base-model "
+            "pass over a batch of the task's examples: the term's cost)."
+        },
+    )
+    functional_prediction_type: str = field(
+        default="sample",
+        metadata={
+            "help": "What the '*_functional' variants' denoiser predicts. 'sample' (x̂₀): under ε-prediction the "
+            "clean estimate divides by √ᾱ_t, so the task loss's gradient is amplified up to 1/√ᾱ_T at large t."
+        },
+    )
     hypernetwork_steps: int = field(default=600, metadata={"help": "Training steps of the one-pass hypernetwork."})
     finetune_steps: int = field(default=100, metadata={"help": "Length of the per-task fine-tuning curves."})
     finetune_tasks: int | None = field(
@@ -134,9 +159,12 @@ class LLMBenchConfig(DictConfigMixin):
         self.nested_from_dicts()
         if self.base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {self.base!r}.")
-        unknown = sorted(set(self.variants) - set(VARIANTS))
+        unknown = sorted(v for v in self.variants if variant_recipe(v)[0] not in VARIANTS)
         if unknown or "mcdi" not in self.variants:
-            raise ValueError(f"variants must include 'mcdi' and come from {sorted(VARIANTS)}, got {self.variants}.")
+            raise ValueError(
+                f"variants must include 'mcdi' and come from {sorted(VARIANTS)}, each optionally with the suffix "
+                f"'{FUNCTIONAL}'; got {self.variants}."
+            )
         if self.finetune_steps < 1:
             raise ValueError(f"finetune_steps must be >= 1, got {self.finetune_steps}.")
 
@@ -150,7 +178,12 @@ class LLMBenchConfig(DictConfigMixin):
 
     def pipeline(self, seed: int, variant: str) -> PipelineConfig:
         """The pipeline run of one generator variant; every variant shares the zoo (same task family, recorder)."""
-        spec = VARIANTS[variant]
+        recipe, functional = variant_recipe(variant)
+        spec = VARIANTS[recipe]
+        meta = replace(self.meta, algorithm=spec["algorithm"], seed=seed)
+        if functional:
+            meta = replace(meta, functional_weight=self.functional_weight, functional_samples=self.functional_samples)
+        prediction_type = self.functional_prediction_type if functional else self.prediction_type
         config = PipelineConfig(
             taskset=BASES[self.base]["taskset"],
             taskset_kwargs={
@@ -160,10 +193,10 @@ class LLMBenchConfig(DictConfigMixin):
                 **({"examples_per_class": self.examples_per_class} if self.examples_per_class else {}),
             },
             recorder=self.recorder,
-            scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=self.prediction_type),
+            scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=prediction_type),
             denoiser=self.denoiser,
             loss_variant=spec["loss_variant"],
-            meta=replace(self.meta, algorithm=spec["algorithm"], seed=seed),
+            meta=meta,
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,

@@ -16,6 +16,10 @@ LABELS = {
     "mvdi": "Mv-Di (k = 1)",
     "twdi": "Tw-Di",
     "single_level": "single-level diffusion (no meta-learning)",
+    "mcdi_functional": "Mc-Di, functional (+ λ·task loss of x̂₀, SPEC §3.7)",
+    "mvdi_functional": "Mv-Di, functional",
+    "twdi_functional": "Tw-Di, functional",
+    "single_level_functional": "single-level diffusion, functional",
     "hypernetwork": "one-pass hypernetwork (Text-to-LoRA style)",
     "prompted_base": "base model prompted with the description",
     "multitask_lora": "multi-task LoRA, prompted with the description",
@@ -24,7 +28,14 @@ LABELS = {
     "init": "no adapter (θ₀)",
     "per_task_reference": "per-task fine-tuned reference, at its budget",
 }
-GENERATED = ("mcdi", "mvdi", "twdi", "single_level", "hypernetwork")
+GENERATED = (
+    "mcdi",
+    "mvdi",
+    "twdi",
+    "single_level",
+    "hypernetwork",
+    *(f"{v}_functional" for v in ("mcdi", "mvdi", "twdi", "single_level")),
+)
 SEEN = {
     "training_descriptions": "Mc-Di, training descriptions",
     "new_descriptions": "Mc-Di, new descriptions",
@@ -161,7 +172,7 @@ def plot_accuracy_vs_time(records: Sequence[Mapping], path: str | Path) -> Path:
         r["users_path"]["adapt_ms_median"]["encoder"] + r["users_path"]["adapt_ms_median"]["generator"]
         for r in records
     )
-    for m in ("mcdi", "mvdi", "single_level", "hypernetwork"):
+    for m in GENERATED:
         if m in records[0]["accuracy"]:
             values = [r["accuracy"][m] for r in records]
             ax.errorbar([adapt], [statistics.fmean(values)], yerr=[mean_std(values)["std"]], fmt="o",

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.func import functional_call
+from torch.func import functional_call, vmap
 
 from peft_mcdi.generator.codec import TokenLayout
 from peft_mcdi.generator.model import McDiGenerator
@@ -40,26 +40,39 @@ def draw_functional(
     return FunctionalDraw(timesteps, noise, batch)
 
 
-def functional_loss(
+def functional_losses(
     generator: McDiGenerator,
     denoiser_params: dict[str, torch.Tensor],
-    final_target: torch.Tensor,
-    condition: torch.Tensor,
-    draw: FunctionalDraw,
-    task: Task,
+    final_targets: torch.Tensor,
+    conditions: torch.Tensor,
+    draws: list[FunctionalDraw],
+    tasks: list[Task],
     layout: TokenLayout | None = None,
 ) -> torch.Tensor:
-    """Mean task loss of the weights decoded from the clean estimates of the ``draw``'s samples: a function of the
-    denoiser's parameters (``denoiser_params``, names without the ``denoiser.`` prefix) to differentiate.
+    """(m,) mean task loss of the weights decoded from the clean estimates of each slot's draw: a function of the
+    slots' denoiser parameters to differentiate. One vectorised denoiser pass over the slots and one scoring pass
+    over all m·n decoded weights (:meth:`~peft_mcdi.tasks.base.Task.grouped_loss`).
 
-    final_target: (D,) the task's θ⁽ᵏ⁾ in codec space; condition: (C,) or (N, C).
+    denoiser_params: names without the ``denoiser.`` prefix, each (m, *shape) — slot j's own parameters (Reptile's
+    fast weights, or φ repeated); final_targets: (m, D) the tasks' θ⁽ᵏ⁾ in codec space; conditions: (m, C) or
+    (m, N, C); draws, tasks: one per slot.
     """
-    n = draw.timesteps.shape[0]
     scheduler = generator.scheduler
-    x_t = scheduler.add_noise(final_target.expand(n, -1), draw.noise, draw.timesteps)  # (n, D), global q(x_t | x_0)
+    m, n = len(draws), draws[0].timesteps.shape[0]
+    timesteps = torch.stack([d.timesteps for d in draws])  # (m, n)
+    noise = torch.stack([d.noise for d in draws])  # (m, n, D)
+    x_t = scheduler.add_noise(final_targets.repeat_interleave(n, 0), noise.flatten(0, 1), timesteps.flatten()).view_as(
+        noise
+    )  # global q(x_t | x_0)
     drop = torch.zeros(n, dtype=torch.bool, device=x_t.device)  # always conditioned: the term is about c → weights
-    f = functional_call(
-        generator.denoiser, denoiser_params, (x_t, draw.timesteps, condition.expand(n, *condition.shape), drop, layout)
-    )
-    weights = generator.codec.decode(scheduler.clean_estimate(x_t, f, draw.timesteps))  # {name: (n, *shape)}
-    return torch.stack([task.loss({k: v[s] for k, v in weights.items()}, draw.batch) for s in range(n)]).mean()
+
+    def clean_estimate(params, x, steps, condition):
+        conditions = condition.expand(n, *condition.shape)
+        f = functional_call(generator.denoiser, params, (x, steps, conditions, drop, layout))
+        return scheduler.clean_estimate(x, f, steps)
+
+    estimates = vmap(clean_estimate)(denoiser_params, x_t, timesteps, conditions)  # (m, n, D)
+    weights = generator.codec.decode(estimates.flatten(0, 1))  # {name: (m·n, *shape)}
+    groups = [task for task in tasks for _ in range(n)]
+    batches = [d.batch for d in draws for _ in range(n)]
+    return type(tasks[0]).grouped_loss(groups, weights, batches).view(m, n).mean(1)

@@ -8,7 +8,8 @@ One outer step, both algorithms:
    - Reptile: ``inner_steps`` SGD steps at ``inner_lr`` from φ on the slot's task → the delta φ_j − φ.
    - single-level: the gradient of the slot's loss at φ.
    With ``functional_weight`` λ > 0 each slot's loss gains λ·(task loss of its decoded clean estimate), SPEC §3.7
-   (:mod:`peft_mcdi.meta.functional`): it runs through the task's own model, so it is added slot by slot.
+   (:mod:`peft_mcdi.meta.functional`): it runs through the task's own model, outside the vmapped diffusion loss,
+   for all slots in one pass.
 3. The per-slot results are summed over processes (one all-reduce of a flat vector) and averaged, giving the outer
    pseudo-gradient: Reptile ``φ − mean_j φ_j``, single-level ``mean_j ∇L_j(φ)``. It is written to ``.grad`` and an
    ordinary optimizer steps: plain SGD at ζ reproduces φ ← φ + ζ·mean_j(φ_j − φ); Adam converges in small budgets.
@@ -30,7 +31,7 @@ from tqdm.auto import tqdm
 
 from peft_mcdi.generator.model import WEIGHTS_NAME, McDiGenerator
 from peft_mcdi.meta.data import ZooTensors
-from peft_mcdi.meta.functional import FunctionalDraw, draw_functional, functional_loss
+from peft_mcdi.meta.functional import FunctionalDraw, draw_functional, functional_losses
 from peft_mcdi.meta.losses import LossNoise, draw_loss_noise
 from peft_mcdi.tasks.base import Task
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, stable_hash
@@ -119,6 +120,9 @@ class MetaTrainer:
                 raise ValueError("functional_weight > 0 scores generated weights on the training tasks: pass tasks=.")
             if [t.task_id for t in tasks] != list(data.task_ids):
                 raise ValueError("tasks= must be the zoo's training tasks in the order of data.task_ids.")
+            kinds = sorted({type(t).__name__ for t in tasks})
+            if len(kinds) > 1:
+                raise ValueError(f"tasks= must be of one family (one grouped_loss scores them all), got {kinds}.")
         self.tasks = tasks
         if data.targets.shape[1] != generator.scheduler.num_segments:
             raise ValueError(
@@ -187,29 +191,32 @@ class MetaTrainer:
 
     def _add_functional(self, grads, losses, params, per_slot: bool, draws: list[tuple[int, FunctionalDraw]]):
         """Add λ·∇(task loss of the decoded clean estimate) and λ·(that loss) to each slot's gradient and loss, at the
-        slot's own parameters (``per_slot``: Reptile's fast weights, (m, *shape)) or at the shared φ."""
+        slot's own parameters (``per_slot``: Reptile's fast weights, (m, *shape)) or at the shared φ. One backward
+        pass gives every slot's gradient: slot j's loss depends on its own copy of the parameters only."""
+        prefix, m = "denoiser.", len(draws)
+        own = {
+            n[len(prefix) :]: (p if per_slot else p.expand(m, *p.shape)).detach().clone().requires_grad_()
+            for n, p in params.items()
+            if n.startswith(prefix)
+        }
+        index = torch.tensor([i for i, _ in draws])
+        batches = [FunctionalDraw(d.timesteps.to(self.device), d.noise.to(self.device), d.batch) for _, d in draws]
+        with torch.enable_grad():
+            values = functional_losses(
+                self.generator,
+                own,
+                self.data.targets[index, -1].to(self.device),
+                self.data.conditions[index].to(self.device),
+                batches,
+                [self.tasks[i] for i in index.tolist()],
+                self.layout,
+            )
+            term = torch.autograd.grad(values.sum(), list(own.values()), allow_unused=True)
         weight = self.config.functional_weight
-        prefix = "denoiser."
-        names = [n for n in params if n.startswith(prefix)]
-        for j, (index, draw) in enumerate(draws):
-            own = {n[len(prefix) :]: params[n][j] if per_slot else params[n] for n in names}
-
-            def term(denoiser_params, index=index, draw=draw):
-                return functional_loss(
-                    self.generator,
-                    denoiser_params,
-                    self.data.targets[index, -1].to(self.device),
-                    self.data.conditions[index].to(self.device),
-                    FunctionalDraw(draw.timesteps.to(self.device), draw.noise.to(self.device), draw.batch),
-                    self.tasks[index],
-                    self.layout,
-                )
-
-            term_grads, value = grad_and_value(term)(own)
-            for name, g in term_grads.items():
-                grads[prefix + name][j] += weight * g
-            losses[j] += weight * value.detach()
-        return grads, losses
+        for name, g in zip(own, term):
+            if g is not None:
+                grads[prefix + name] = grads[prefix + name] + weight * g
+        return grads, losses + weight * values.detach()
 
     # -------------------------------------------------------- one outer step
     def _local_sums(self, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

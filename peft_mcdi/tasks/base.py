@@ -39,6 +39,17 @@ class Task(ABC):
     def evaluate(self, params: dict[str, torch.Tensor]) -> torch.Tensor:
         """Held-out metric on the task's test data; params may carry leading batch dims, the result has them."""
 
+    @classmethod
+    def grouped_loss(
+        cls, tasks: Sequence[Task], params: dict[str, torch.Tensor], batches: Sequence[Any]
+    ) -> torch.Tensor:
+        """(G,) losses of ``params[g]`` (a leading group axis) on ``batches[g]`` under ``tasks[g]``, differentiable:
+        how meta-training's functional term scores many generated weights at once. This default calls ``loss`` once
+        per group; families whose tasks share a model override it with one vectorised pass."""
+        return torch.stack(
+            [t.loss({k: v[g] for k, v in params.items()}, b) for g, (t, b) in enumerate(zip(tasks, batches))]
+        )
+
     def augment(self, batch: Any, generator: torch.Generator) -> Any:
         """Data augmentation hook applied to every training batch; identity unless the data allows more."""
         return batch

@@ -11,6 +11,8 @@ fixed template: the task lives in the adapter, not in the prompt. Two kinds of b
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
@@ -72,16 +74,94 @@ class SharedLoRAModel:
         ``model(**examples).loss`` is the task loss."""
         return self.batch(pairs)
 
-    def forward(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]):
+    def forward(
+        self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], groups: torch.Tensor | None = None
+    ):
+        """The model with the adapter ``params``; with ``groups`` (B,), each parameter carries a leading group axis
+        and row i of the batch runs with adapter ``groups[i]``: many adapters in one pass (:meth:`grouped_loss`)."""
+        if groups is not None:
+            with self._per_row_adapters(params, groups):
+                return self.model(**batch)
         full = {self.full_names[k]: v for k, v in params.items()}
         return functional_call(self.model, full, args=(), kwargs=batch, strict=False)
 
+    @contextmanager
+    def _per_row_adapters(self, params: dict[str, torch.Tensor], groups: torch.Tensor):
+        """The base model (adapters disabled) with forward hooks that add row i's LoRA update x·Aᵀ·Bᵀ·scale and
+        compute row i's head from ``params[…][groups[i]]``: gathers and batched matmuls, no copy of the model."""
+        root = self.model.base_model.model
+        handles = []
+
+        def lora_hook(a, b):
+            def hook(module, args, output):
+                x = args[0].reshape(groups.shape[0], -1, args[0].shape[-1])  # (B, L, in)
+                low = torch.einsum("bli,bri->blr", x, a[groups])
+                delta = torch.einsum("blr,bor->blo", low, b[groups]) * module.scaling["default"]
+                return output + delta.reshape(output.shape)
+
+            return hook
+
+        def head_hook(weight, bias):
+            def hook(module, args, output):
+                out = torch.einsum("b...i,boi->b...o", args[0], weight[groups])
+                return out if bias is None else out + bias[groups].view(-1, *[1] * (out.dim() - 2), bias.shape[-1])
+
+            return hook
+
+        try:
+            for name in params:
+                if name.endswith(".lora_A.weight"):
+                    path = name[: -len(".lora_A.weight")]
+                    hook = lora_hook(params[name], params[f"{path}.lora_B.weight"])
+                elif name.endswith(".weight") and not name.endswith(".lora_B.weight"):
+                    path = name[: -len(".weight")]
+                    hook = head_hook(params[name], params.get(f"{path}.bias"))
+                else:
+                    continue
+                handles.append(root.get_submodule(path).register_forward_hook(hook))
+            with self.model.disable_adapter():
+                yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def concatenate(self, batches: list[dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One batch of several tokenised batches, padded to the longest on the tokenizer's padding side, and the
+        group of each row."""
+        length = max(b["input_ids"].shape[1] for b in batches)
+        left = self.tokenizer.padding_side == "left"
+
+        def pad(key: str, value: torch.Tensor) -> torch.Tensor:
+            if value.dim() < 2:  # labels
+                return value
+            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            width = (length - value.shape[1], 0) if left else (0, length - value.shape[1])
+            return F.pad(value, width, value=fill)
+
+        merged = {k: torch.cat([pad(k, b[k]) for b in batches]) for k in batches[0]}
+        groups = torch.cat([torch.full((len(b["labels"]),), g) for g, b in enumerate(batches)])
+        return merged, groups
+
+    def grouped_loss(self, params: dict[str, torch.Tensor], batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
+        """(G,) task loss of adapter ``params[g]`` on ``batches[g]``, all in one forward pass through the base."""
+        batch, groups = self.concatenate(batches)
+        rows = F.cross_entropy(self.logits(params, batch, groups), self.targets(batch), reduction="none")
+        total = torch.zeros(len(batches), dtype=rows.dtype).index_add(0, groups, rows)
+        return total / torch.bincount(groups, minlength=len(batches))
+
+    def logits(self, params, batch, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, classes) logits whose cross-entropy with :meth:`targets` is the task loss."""
+        return self.forward(params, batch, groups).logits
+
+    def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["labels"]
+
     def loss(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward(params, batch).loss
+        return F.cross_entropy(self.logits(params, batch), self.targets(batch))
 
     def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, 2) class scores; the prediction is their argmax (ties split: :func:`~peft_mcdi.tasks.base.accuracy`)."""
-        return self.forward(params, batch).logits
+        return self.logits(params, batch)
 
     @torch.no_grad()
     def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
@@ -152,15 +232,16 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         labels[:, -1] = enc["input_ids"][:, -1]  # left padding: the label word is the last token of every row
         return {**enc, "labels": labels}
 
-    def _answer_logits(self, params, batch) -> torch.Tensor:
+    def logits(self, params, batch, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, vocab) next-token logits at the answer position."""
         inputs = {k: v for k, v in batch.items() if k != "labels"}
-        return self.forward(params, {**inputs, "logits_to_keep": 1}).logits[:, -1]  # (B, vocab)
+        return self.forward(params, {**inputs, "logits_to_keep": 1}, groups).logits[:, -1]
 
-    def loss(self, params, batch) -> torch.Tensor:
-        return F.cross_entropy(self._answer_logits(params, batch), self.label_ids[batch["labels"]])
+    def targets(self, batch) -> torch.Tensor:
+        return self.label_ids[batch["labels"]]
 
     def scores(self, params, batch) -> torch.Tensor:
-        return self._answer_logits(params, batch)[:, self.label_ids]
+        return self.logits(params, batch)[:, self.label_ids]
 
     @torch.no_grad()
     def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
@@ -194,6 +275,14 @@ class ConceptLoRATask(Task):
 
     def loss(self, params, batch) -> torch.Tensor:
         return self.shared.loss(params, batch)
+
+    @classmethod
+    def grouped_loss(cls, tasks, params, batches):
+        """One forward pass of the shared base model for every group (per-row adapters)."""
+        shared = {id(t.shared) for t in tasks}
+        if len(shared) > 1:
+            raise ValueError(f"grouped_loss needs tasks on one shared model, got {len(shared)} models.")
+        return tasks[0].shared.grouped_loss(params, batches)
 
     def train_batches(self, epoch, generator):
         order = torch.randperm(len(self.concept.train), generator=generator).tolist()

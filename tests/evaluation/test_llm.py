@@ -11,6 +11,7 @@ import torch
 
 from peft_mcdi.evaluation.llm import (
     BASES,
+    FUNCTIONAL,
     GENERATOR_VARIANTS,
     LLMBenchConfig,
     results_key,
@@ -81,8 +82,8 @@ def record(config):
 
 
 def test_every_method_is_measured_on_the_same_heldout_tasks(record):
-    expected = {"mcdi", "mvdi", "single_level", "hypernetwork", "prompted_base", "multitask_lora", "nearest_task",
-                "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
+    expected = {"mcdi", "mvdi", "single_level", "mcdi_functional", "hypernetwork", "prompted_base", "multitask_lora",
+                "nearest_task", "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
     assert set(record["per_task"]) == expected
     assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
     assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head ties both classes: 1/2 per test word
@@ -183,12 +184,28 @@ def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_k
     sample = LLMBenchConfig.for_base("minilm", {"prediction_type": "sample"})
     explicit = LLMBenchConfig.for_base("minilm", {"prediction_type": "epsilon"})
     default = LLMBenchConfig.for_base("minilm")
-    for variant in GENERATOR_VARIANTS:
+    for variant in (v for v in GENERATOR_VARIANTS if not v.endswith(FUNCTIONAL)):
         assert sample.pipeline(0, variant).scheduler.prediction_type == "sample"
         assert "prediction_type" not in default.pipeline(0, variant).to_dict()["scheduler"]
         assert default.pipeline(0, variant).output_dir == explicit.pipeline(0, variant).output_dir
         assert default.pipeline(0, variant).output_dir != sample.pipeline(0, variant).output_dir
     assert "prediction_type" not in default.to_dict()
+
+
+def test_functional_variants_train_the_same_recipe_with_the_task_loss_term():
+    """'mcdi_functional' is Mc-Di's pipeline with λ and its own prediction type; its settings leave the paper's
+    variants (and their cached runs) untouched; unknown recipes are named."""
+    default = LLMBenchConfig.for_base("minilm")
+    other = LLMBenchConfig.for_base("minilm", {"functional_weight": 3.0, "functional_prediction_type": "epsilon"})
+    functional, paper = default.pipeline(0, "mcdi_functional"), default.pipeline(0, "mcdi")
+    assert functional.meta.functional_weight == default.functional_weight > 0 == paper.meta.functional_weight
+    assert functional.scheduler.prediction_type == "sample" and other.pipeline(0, "mcdi").scheduler == paper.scheduler
+    assert (functional.meta.algorithm, functional.scheduler.num_segments) == ("reptile", 3)
+    assert default.pipeline(0, "single_level_functional").meta.algorithm == "single_level"
+    assert other.pipeline(0, "mcdi").output_dir == paper.output_dir != functional.output_dir
+    assert other.pipeline(0, "mcdi_functional").output_dir != functional.output_dir
+    with pytest.raises(ValueError, match="suffix '_functional'"):
+        LLMBenchConfig.for_base("minilm", {"variants": ["mcdi", "tadi_functional"]})
 
 
 def test_another_temperature_reevaluates_the_trained_generator(config, record):

@@ -7,7 +7,6 @@ import pytest
 import torch
 
 from peft_mcdi.generator.schedulers import LocalConsistencyScheduler, SchedulerConfig
-from peft_mcdi.meta.functional import functional_loss
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
 from peft_mcdi.tasks.base import Task
 from tests.meta.test_trainer import slot_loss, toy
@@ -51,8 +50,12 @@ def hand_loss(model, trainer, tasks, j, s, targets, conditions, noise, functiona
     """Slot j's loss at inner step s, written out: the Mc-Di loss plus λ·(task loss of the decoded x̂₀)."""
     loss = slot_loss(model, targets[j], conditions[j], [x[j] for x in noise[s]])
     index, draw = functional[s][j]
-    params = dict(model.denoiser.named_parameters())
-    term = functional_loss(model, params, targets[j, -1], conditions[j], draw, tasks[index], trainer.layout)
+    scheduler, n = model.scheduler, draw.timesteps.shape[0]
+    x_t = scheduler.add_noise(targets[j, -1].expand(n, -1), draw.noise, draw.timesteps)
+    no_drop = torch.zeros(n, dtype=torch.bool)
+    f = model.denoiser(x_t, draw.timesteps, conditions[j].expand(n, -1), no_drop, trainer.layout)
+    weights = model.codec.decode(scheduler.clean_estimate(x_t, f, draw.timesteps))
+    term = sum(tasks[index].loss({k: v[i] for k, v in weights.items()}, draw.batch) for i in range(n)) / n
     return loss + trainer.config.functional_weight * term
 
 

@@ -1,6 +1,6 @@
 import torch
 
-from peft_mcdi.tasks.base import get_tasksets
+from peft_mcdi.tasks.base import Task, get_tasksets
 from peft_mcdi.tasks.logistic import LogisticFamilyConfig, true_parameters
 
 
@@ -28,3 +28,12 @@ def test_true_parameters_beat_zero_weights_and_evaluate_batches():
     batch = {"weight": torch.stack([truth[:-1], torch.zeros(16)]), "bias": torch.stack([truth[-1], torch.zeros(())])}
     losses = task.evaluate(batch)
     assert losses.shape == (2,) and losses[0] < losses[1] - 0.2
+
+
+def test_grouped_loss_is_each_tasks_own_loss():
+    tasks = list(get_tasksets("logistic", num_train_tasks=3, num_test_tasks=1, dim=4).train)
+    g = torch.Generator().manual_seed(0)
+    params = {"weight": torch.randn(3, 4, generator=g), "bias": torch.randn(3, generator=g)}
+    batches = [next(iter(t.train_batches(0, g))) for t in tasks]
+    alone = Task.grouped_loss(tasks, params, batches)  # the default: one loss call per group
+    torch.testing.assert_close(type(tasks[0]).grouped_loss(tasks, params, batches), alone)

@@ -177,3 +177,27 @@ def test_multitask_lora_learns_from_prompted_examples(shared):
         MultiTaskLoRAConfig(num_epochs=0)
     with pytest.raises(ValueError, match="at least one training task"):
         train_multitask_lora([], MultiTaskLoRAConfig())
+
+
+def random_adapters(shared, count: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(count, *v.shape, generator=g) * 0.3 for k, v in shared.theta0.items()}
+
+
+@pytest.mark.parametrize("kind", ["shared", "tiny_causal"])
+def test_grouped_loss_is_each_adapters_own_loss(kind, request):
+    """Many adapters in one pass (per-row LoRA and head through forward hooks) give each adapter's loss as its own
+    forward does, for batches of different lengths, with gradients for every adapter; the model is left as it was."""
+    shared = request.getfixturevalue(kind)
+    task = fruit_task(shared)
+    pairs = task.concept.train
+    batches = [shared.batch(pairs[:5]), shared.batch(pairs[7:19]), shared.batch(pairs[-3:])]
+    params = {k: v.requires_grad_() for k, v in random_adapters(shared, 3, 0).items()}
+    before = shared.scores(shared.theta0, batches[0])
+    grouped = type(task).grouped_loss([task] * 3, params, batches)
+    alone = torch.stack([task.loss({k: v[g] for k, v in params.items()}, b) for g, b in enumerate(batches)])
+    torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=1e-4)
+    grads = torch.autograd.grad(grouped[1], list(params.values()))
+    assert all(g[[0, 2]].abs().sum() == 0 and g[1].abs().sum() > 0 for g in grads)  # adapter 1's loss: its own
+    assert torch.equal(shared.scores(shared.theta0, batches[0]), before)  # no hook left behind, adapters back on
+    assert not any(m._forward_hooks for m in shared.model.modules())
