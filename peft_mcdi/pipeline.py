@@ -72,6 +72,15 @@ class PipelineConfig(DictConfigMixin):
     hypernetwork_steps: int = field(
         default=2000, metadata={"help": "Training steps of the one-pass hypernetwork baseline (0: skip it)."}
     )
+    hypernetwork_sft_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of the same one-pass network trained through the training tasks' loss (Text-to-LoRA's SFT, "
+            "SPEC §4 t2l_sft / hypernetwork_sft); each step scores meta.meta_batch_size tasks on one batch each "
+            "(0: skip it).",
+            "omit_default": True,
+        },
+    )
     sampler: str = field(default="ddpm", metadata={"help": "'ddpm' or 'ddim' at evaluation."})
     num_inference_steps: int | None = field(default=None, metadata={"help": "Sampling steps (None: all T)."})
     temperature: float = field(
@@ -280,13 +289,29 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
     if not is_main:
         return {}
 
-    hypernetwork = None
-    if config.hypernetwork_steps:
-        hypernetwork = OnePassHypernetwork(generator.config)
-        hypernetwork.codec.load_state_dict(generator.codec.state_dict())
-        hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=config.meta.seed, progress=progress)
+    hypernetworks = {}
+    for name, steps in (
+        ("hypernetwork", config.hypernetwork_steps),
+        ("hypernetwork_sft", config.hypernetwork_sft_steps),
+    ):
+        if steps:
+            hypernetworks[name] = OnePassHypernetwork(generator.config)
+            hypernetworks[name].codec.load_state_dict(generator.codec.state_dict())
+    if "hypernetwork" in hypernetworks:
+        hypernetworks["hypernetwork"].fit(
+            data, num_steps=config.hypernetwork_steps, seed=config.meta.seed, progress=progress
+        )
+    if "hypernetwork_sft" in hypernetworks:
+        hypernetworks["hypernetwork_sft"].fit_functional(
+            data,
+            list(tasksets.train),
+            num_steps=config.hypernetwork_sft_steps,
+            batch_size=config.meta.meta_batch_size,
+            seed=config.meta.seed,
+            progress=progress,
+        )
 
-    results = evaluate_heldout(generator, store, tasksets, config, hypernetwork)
+    results = evaluate_heldout(generator, store, tasksets, config, hypernetworks)
     results.update(
         config=config.to_dict(),
         history=history,
@@ -337,10 +362,10 @@ def evaluate_heldout(
     store: ZooStore,
     tasksets,
     config: PipelineConfig,
-    hypernetwork: OnePassHypernetwork | None = None,
+    hypernetworks: dict[str, OnePassHypernetwork] | None = None,
 ) -> dict:
     """Held-out metric of generated weights beside θ₀, mean of zoo, nearest training task, the one-pass
-    hypernetwork and the per-task reference, plus generation latency and the memorisation distance."""
+    hypernetworks (by name) and the per-task reference, plus generation latency and the memorisation distance."""
     k = generator.scheduler.num_segments
     train_ids = [t.task_id for t in tasksets.train]
     train_final, train_conditions = load_raw_targets(store, train_ids, 1)
@@ -357,7 +382,7 @@ def evaluate_heldout(
     generated = {n: v.cpu() for n, v in generator.codec.decode(vectors).items()}
     nearest = nearest_task_indices(train_conditions, test_conditions)
     mean = mean_of_zoo(train_final)
-    hyper = hypernetwork.generate(test_conditions) if hypernetwork is not None else None
+    one_pass = {name: net.generate(test_conditions) for name, net in (hypernetworks or {}).items()}
 
     methods: dict[str, list[float]] = {}
     references = []
@@ -371,8 +396,8 @@ def evaluate_heldout(
             "init": task.init_params(),
             "per_task_reference": references[-1],
         }
-        if hyper is not None:
-            candidates["hypernetwork"] = {n: v[j] for n, v in hyper.items()}
+        for name, weights in one_pass.items():
+            candidates[name] = {n: v[j] for n, v in weights.items()}
         for name, params in candidates.items():
             methods.setdefault(name, []).append(float(task.evaluate(params)))
 
@@ -395,8 +420,9 @@ def evaluate_heldout(
         ),
         "num_test_tasks": len(tasksets.test),
     }
-    if hypernetwork is not None:
-        results["hypernetwork_ms_median"] = median_ms(lambda: hypernetwork.generate(test_conditions[:1]))
+    if one_pass:  # every one-pass network has the same architecture, hence the same latency
+        net = next(iter(hypernetworks.values()))
+        results["hypernetwork_ms_median"] = median_ms(lambda: net.generate(test_conditions[:1]))
     return results
 
 

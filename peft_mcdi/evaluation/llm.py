@@ -63,6 +63,7 @@ BASES = {
     },
 }
 GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level", "mcdi_functional")
+ICL_SHOTS = 3  # labelled examples in context for prompted_base_icl (SPEC §4)
 FUNCTIONAL = "_functional"  # a variant name's suffix: that recipe trained with the functional term of SPEC §3.7
 
 
@@ -198,6 +199,8 @@ class LLMBenchConfig(DictConfigMixin):
             loss_variant=spec["loss_variant"],
             meta=meta,
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
+            # t2l_sft beside the functional generator, with its budget of base-model passes (tasks × batches)
+            hypernetwork_sft_steps=self.functional_passes(meta) if variant == "mcdi" + FUNCTIONAL else 0,
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,
             min_snr_gamma=self.min_snr_gamma,
@@ -207,6 +210,12 @@ class LLMBenchConfig(DictConfigMixin):
         trained = {k: v for k, v in config.to_dict().items() if k != "temperature"}
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(trained)}")
         return config
+
+    def functional_passes(self, meta: MetaTrainConfig) -> int:
+        """Base-model passes of a functional variant's meta-training per meta-batch slot: outer steps × inner steps
+        × clean estimates scored — the steps (of ``meta_batch_size`` tasks) that give t2l_sft the same budget."""
+        inner = meta.inner_steps if meta.algorithm == "reptile" else 1
+        return meta.num_outer_steps * inner * self.functional_samples
 
 
 def results_key(value) -> str:
@@ -367,6 +376,32 @@ def seen_categories(generator_dir: Path, store: ZooStore, tasks, temperature: fl
     }
 
 
+def sibling_indices(conditions: torch.Tensor) -> torch.Tensor:
+    """For each task, the most similar *other* task by condition (cosine): the specificity control's description.
+    A random other description would score near chance on disjoint binary tasks and prove nothing (SPEC §3.7)."""
+    unit = torch.nn.functional.normalize(conditions, dim=-1)
+    similarity = unit @ unit.T
+    similarity.fill_diagonal_(-float("inf"))
+    return similarity.argmax(1)
+
+
+@torch.no_grad()
+def functional_controls(generator_dir: Path, tasks, temperature: float) -> dict[str, list[float]]:
+    """The functional generator's controls on the held-out tasks, drawn as the pipeline's evaluation draws them
+    (seed 0): generated from the most similar other held-out task's description (``mcdi_functional_sibling``:
+    does the description, not a generic adapter, do the work?), and its own adapter with the description in the
+    input too (``mcdi_functional_prompted``, Text-to-LoRA's protocol)."""
+    generator = McDiGenerator.from_pretrained(generator_dir)
+    conditions = torch.stack([t.condition for t in tasks])
+    own = generator.generate(conditions, seed=0, temperature=temperature)
+    other = generator.generate(conditions[sibling_indices(conditions)], seed=0, temperature=temperature)
+    sibling, prompted = [], []
+    for j, task in enumerate(tasks):
+        sibling.append(float(task.evaluate({k: v[j] for k, v in other.items()})))
+        prompted.append(task.prompted_accuracy({k: v[j] for k, v in own.items()}))
+    return {"mcdi_functional_sibling": sibling, "mcdi_functional_prompted": prompted}
+
+
 def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
     """A task's adapter at the end of its zoo trajectory (the per-task reference at its budget)."""
     return {n: v[-1] for n, v in store.read(task.task_id).params.items()}
@@ -388,7 +423,13 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     per_task = {v: results[v]["per_task"]["generated"] for v in config.variants}
     per_task.update({k: main[k] for k in ("hypernetwork", "nearest_task", "mean_of_zoo", "init", "per_task_reference")
                      if k in main})  # fmt: skip
+    if "hypernetwork_sft" in results.get("mcdi" + FUNCTIONAL, {}).get("per_task", {}):
+        per_task["t2l_sft"] = results["mcdi" + FUNCTIONAL]["per_task"]["hypernetwork_sft"]
+    if "mcdi" + FUNCTIONAL in results:
+        functional_dir = Path(config.pipeline(seed, "mcdi" + FUNCTIONAL).output_dir) / "generator"
+        per_task.update(functional_controls(functional_dir, tasks, config.temperature))
     per_task["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
+    per_task["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
     zoo = Path(results["mcdi"]["zoo"])
     baselines = cache_root() / "runs" / f"baselines-{zoo.name}"  # what depends on the task split only
     multitask = multitask_lora(tasksets, config.multitask, baselines, log)

@@ -21,7 +21,11 @@ LABELS = {
     "twdi_functional": "Tw-Di, functional",
     "single_level_functional": "single-level diffusion, functional",
     "hypernetwork": "one-pass hypernetwork (Text-to-LoRA style)",
+    "t2l_sft": "one-pass hypernetwork trained through the task loss (Text-to-LoRA SFT, same base passes)",
+    "mcdi_functional_sibling": "Mc-Di functional, from the most similar other held-out description (control)",
+    "mcdi_functional_prompted": "Mc-Di functional, description also in the input (Text-to-LoRA's protocol)",
     "prompted_base": "base model prompted with the description",
+    "prompted_base_icl": "base model prompted with the description and 3 labelled examples",
     "multitask_lora": "multi-task LoRA, prompted with the description",
     "nearest_task": "nearest training task's LoRA (by description)",
     "mean_of_zoo": "mean LoRA of the zoo",
@@ -34,6 +38,7 @@ GENERATED = (
     "twdi",
     "single_level",
     "hypernetwork",
+    "t2l_sft",
     *(f"{v}_functional" for v in ("mcdi", "mvdi", "twdi", "single_level")),
 )
 SEEN = {

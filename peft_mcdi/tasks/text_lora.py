@@ -164,16 +164,25 @@ class SharedLoRAModel:
         return self.logits(params, batch)
 
     @torch.no_grad()
-    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
+    def zero_shot_accuracy(
+        self, description: str, pairs: list[tuple[str, int]], examples: list[tuple[str, int]] = ()
+    ) -> float:
         """The base encoder alone, told the task: a word is positive when its mean-pooled embedding is closer to the
-        description's than the median word's (the threshold uses no labels; test sets are balanced)."""
+        description's than the median word's (the threshold uses no labels; test sets are balanced). With labelled
+        ``examples`` (the encoder's form of examples in context), the reference moves towards the positive ones and
+        away from the negative ones: description + mean of ±(example embedding), all unit vectors."""
         encoder = self.model.get_base_model().base_model  # the bare transformer under the classification head
+        texts = [description, *[w for w, _ in examples], *[w for w, _ in pairs]]
         with self.model.disable_adapter():
-            enc = self.tokenizer([description, *[w for w, _ in pairs]], padding=True, return_tensors="pt")
+            enc = self.tokenizer(texts, padding=True, return_tensors="pt")
             hidden = encoder(**enc).last_hidden_state
         mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
-        similarity = pooled[1:] @ pooled[0]
+        reference, k = pooled[0], 1 + len(examples)
+        if examples:
+            signs = torch.tensor([2.0 * y - 1 for _, y in examples])
+            reference = reference + (signs[:, None] * pooled[1:k]).mean(0)
+        similarity = pooled[k:] @ reference
         predicted = similarity > similarity.median()
         return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
 
@@ -244,12 +253,17 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         return self.logits(params, batch)[:, self.label_ids]
 
     @torch.no_grad()
-    def zero_shot_accuracy(self, description: str, pairs: list[tuple[str, int]]) -> float:
-        """The base LM prompted with the task description before the usual template (no adapter). A 135M model
-        answers " yes" to nearly everything, so, as for the encoder, the threshold is the median of the
-        log-odds log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
+    def zero_shot_accuracy(
+        self, description: str, pairs: list[tuple[str, int]], examples: list[tuple[str, int]] = ()
+    ) -> float:
+        """The base LM prompted with the task description before the usual template (no adapter), and the labelled
+        ``examples`` in context between them, each as template + label word on its lines. A 135M model answers
+        " yes" to nearly everything, so, as for the encoder, the threshold is the median of the log-odds
+        log p(" yes") − log p(" no") over the test words (no labels used; test sets are balanced)."""
         labels = torch.tensor([bool(y) for _, y in pairs])
-        enc = self.encode([w for w, _ in pairs], [description] * len(pairs))
+        shots = [t + self.LABEL_WORDS[y] for t, (_, y) in zip(self.texts([w for w, _ in examples]), examples)]
+        context = "\n".join([description, *shots])
+        enc = self.encode([w for w, _ in pairs], [context] * len(pairs))
         with self.model.disable_adapter():
             logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids]
         log_odds = logits[:, 1] - logits[:, 0]
@@ -309,9 +323,10 @@ class ConceptLoRATask(Task):
         wins = (pos[:, None] > neg[None, :]).float() + 0.5 * (pos[:, None] == neg[None, :]).float()
         return float(wins.mean())
 
-    def zero_shot_accuracy(self) -> float:
-        """Test accuracy of the base model told the task in words (no adapter): the prompted baseline."""
-        return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test)
+    def zero_shot_accuracy(self, shots: int = 0) -> float:
+        """Test accuracy of the base model told the task in words (no adapter): the prompted baseline; with
+        ``shots``, the first ``shots`` training examples (a shuffled draw) in context as well."""
+        return self.shared.zero_shot_accuracy(self.concept.description, self.concept.test, self.concept.train[:shots])
 
     @torch.no_grad()
     def prompted_accuracy(self, params: dict[str, torch.Tensor], description: str | None = None) -> float:

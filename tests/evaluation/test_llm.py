@@ -82,11 +82,27 @@ def record(config):
 
 
 def test_every_method_is_measured_on_the_same_heldout_tasks(record):
-    expected = {"mcdi", "mvdi", "single_level", "mcdi_functional", "hypernetwork", "prompted_base", "multitask_lora",
+    expected = {"mcdi", "mvdi", "single_level", "mcdi_functional", "hypernetwork", "t2l_sft", "prompted_base",
+                "prompted_base_icl", "mcdi_functional_sibling", "mcdi_functional_prompted", "multitask_lora",
                 "nearest_task", "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
     assert set(record["per_task"]) == expected
     assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
     assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head ties both classes: 1/2 per test word
+
+
+def test_the_functional_controls_change_only_the_description_or_the_input(config, record):
+    """The controls draw as the pipeline's evaluation draws (its adapters score what the record says), the sibling
+    is the most similar other task, and the record's control rows are reproducible."""
+    from peft_mcdi.evaluation.llm import functional_controls, sibling_indices
+
+    assert sibling_indices(torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])).tolist() == [1, 0, 1]
+    tasks = list(build_tasksets(config.pipeline(0, "mcdi")).test)
+    folder = Path(config.pipeline(0, "mcdi_functional").output_dir) / "generator"
+    own = McDiGenerator.from_pretrained(folder).generate(torch.stack([t.condition for t in tasks]), seed=0)
+    scores = [float(t.evaluate({k: v[j] for k, v in own.items()})) for j, t in enumerate(tasks)]
+    assert scores == record["per_task"]["mcdi_functional"]
+    controls = functional_controls(folder, tasks, config.temperature)
+    assert {k: record["per_task"][k] for k in controls} == controls
 
 
 def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):

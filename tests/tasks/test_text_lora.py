@@ -201,3 +201,19 @@ def test_grouped_loss_is_each_adapters_own_loss(kind, request):
     assert all(g[[0, 2]].abs().sum() == 0 and g[1].abs().sum() > 0 for g in grads)  # adapter 1's loss: its own
     assert torch.equal(shared.scores(shared.theta0, batches[0]), before)  # no hook left behind, adapters back on
     assert not any(m._forward_hooks for m in shared.model.modules())
+
+
+def test_examples_in_context_reach_the_prompted_base(shared, tiny_causal, monkeypatch):
+    """prompted_base_icl: the encoder's reference moves with labelled examples (still separating fruit); the causal
+    LM reads the description, then each example as template + label word, then the test word's template."""
+    task = fruit_task(shared)
+    assert task.zero_shot_accuracy(shots=3) >= 0.9
+    seen = []
+    encode = tiny_causal.encode
+    monkeypatch.setattr(tiny_causal, "encode", lambda words, descriptions=None: seen.append(descriptions) or encode(
+        words, descriptions))  # fmt: skip
+    assert 0 <= fruit_task(tiny_causal).zero_shot_accuracy(shots=2) <= 1
+    (word, label), (word2, label2) = task.concept.train[:2]
+    expected = f"Does the word name a kind of fruit?\nWord: {word}\nAnswer:{(' no', ' yes')[label]}\n"
+    prompts = [d for d in seen if d is not None]
+    assert prompts[0][0] == expected + f"Word: {word2}\nAnswer:{(' no', ' yes')[label2]}"

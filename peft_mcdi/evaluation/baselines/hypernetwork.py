@@ -1,8 +1,12 @@
-"""One-pass hypernetwork (Text-to-LoRA style): condition → weights in a single forward pass, trained by regression
-on the zoo's final weights. It shares the generator's codec and denoiser architecture (same width and depth), fed a
-zero sample at step 0, so "diffusion vs one pass" compares like with like."""
+"""One-pass hypernetwork (Text-to-LoRA style): condition → weights in a single forward pass. It shares the generator's
+codec and denoiser architecture (same width and depth), fed a zero sample at step 0, so "diffusion vs one pass"
+compares like with like. Two ways to train it (SPEC §4): by regression on the zoo's final weights (``hypernetwork``),
+or end to end through the training tasks' own loss (Text-to-LoRA's SFT: ``t2l_sft`` / ``hypernetwork_sft``), the
+one-pass functional baseline a functionally trained diffusion generator has to beat."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -11,6 +15,7 @@ from tqdm.auto import tqdm
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.model import GeneratorConfig, denoiser_for_codec
 from peft_mcdi.meta.data import ZooTensors
+from peft_mcdi.tasks.base import Task
 
 
 class OnePassHypernetwork(nn.Module):
@@ -42,13 +47,43 @@ class OnePassHypernetwork(nn.Module):
         progress: bool = True,
     ) -> list[float]:
         """Regress the final local target θ⁽ᵏ⁾ (codec space) from the condition with Adam; returns the loss curve."""
+
+        def loss(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            return (self(data.conditions[rows]) - data.targets[rows, -1]).pow(2).mean()
+
+        return self._train(data, loss, num_steps, batch_size, lr, seed, progress, "hypernetwork")
+
+    def fit_functional(
+        self,
+        data: ZooTensors,
+        tasks: Sequence[Task],
+        num_steps: int = 2000,
+        batch_size: int = 8,
+        lr: float = 1e-3,
+        seed: int = 0,
+        progress: bool = True,
+    ) -> list[float]:
+        """Train through the task loss: per step, ``batch_size`` training tasks (``tasks`` in the order of
+        ``data.task_ids``), each scored on one batch of its examples by the weights decoded from its condition —
+        ``num_steps × batch_size`` base-model passes. The zoo gives only the conditions and the codec's scale."""
+        if [t.task_id for t in tasks] != list(data.task_ids):
+            raise ValueError("tasks must be the zoo's training tasks in the order of data.task_ids.")
+
+        def loss(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+            chosen = [tasks[i] for i in rows.tolist()]
+            batches = [next(iter(t.train_batches(0, g))) for t in chosen]
+            weights = self.codec.decode(self(data.conditions[rows]))
+            return type(chosen[0]).grouped_loss(chosen, weights, batches).mean()
+
+        return self._train(data, loss, num_steps, batch_size, lr, seed, progress, "hypernetwork (task loss)")
+
+    def _train(self, data, loss_of_rows, num_steps, batch_size, lr, seed, progress, desc) -> list[float]:
         self.net.fit_condition_statistics(data.conditions)  # the same condition scaling as the generator's
         g = torch.Generator().manual_seed(seed)
         optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
         losses = []
-        for _ in tqdm(range(num_steps), desc="hypernetwork", disable=not progress):
-            rows = torch.randint(len(data), (batch_size,), generator=g)
-            loss = (self(data.conditions[rows]) - data.targets[rows, -1]).pow(2).mean()
+        for _ in tqdm(range(num_steps), desc=desc, disable=not progress):
+            loss = loss_of_rows(torch.randint(len(data), (batch_size,), generator=g), g)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
