@@ -33,6 +33,20 @@ def e2e_config(seed: int) -> PipelineConfig:
     )
 
 
+def functional_config(seed: int, weight: float, prediction_type: str = "sample") -> PipelineConfig:
+    """A zoo of noisy fits, where the functional term of SPEC §3.7 matters: 32 training examples per task in 8
+    dimensions, so each task's trained weights are its truth plus a large share of fitting noise (the per-task
+    reference's held-out loss is worse than a good generator's); 100 training tasks, 300 outer steps, x̂₀-prediction.
+    Used by the functional test below and by ``benchmarks/studies/functional_logistic.py``."""
+    config = e2e_config(seed)
+    config.taskset_kwargs.update(num_train_tasks=100, num_train_examples=32, batch_size=32)
+    config.meta.num_outer_steps = 300
+    config.meta.functional_weight = weight
+    config.scheduler = SchedulerConfig(prediction_type=prediction_type)
+    config.hypernetwork_steps = 0
+    return config
+
+
 NEAREST_MARGIN = 0.013
 MEAN_MARGIN = 0.2
 

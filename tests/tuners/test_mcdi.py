@@ -206,6 +206,20 @@ def test_generator_that_does_not_fit_is_explained():
     short = get_peft_model(tiny_llama(), McDiConfig(r=4, target_modules=["q_proj"]))
     with pytest.raises(ValueError, match="6 LoRA tensors here vs 12 in the generator"):
         short.base_model.attach_generator(model.base_model._mcdi_generators["default"])
+    generator.config.metadata["base_model"] = "org/another-base"
+    with pytest.raises(ValueError, match=r"\(it was trained for org/another-base; this model is "):
+        model.base_model.attach_generator(generator)
+
+
+def test_a_generator_that_writes_nan_is_refused_and_nothing_is_written():
+    model, generator = make()
+    before = lora_state(model)
+    with torch.no_grad():  # as a diverged training run leaves them
+        for p in generator.denoiser.parameters():
+            p.fill_(float("nan"))
+    with pytest.raises(ValueError, match=r"NaN or infinite weights for adapter\(s\) \['default'\]"):
+        model.adapt(embedding=torch.randn(COND))
+    assert all(torch.equal(before[k], v) for k, v in lora_state(model).items())
 
 
 def test_adapt_without_generator_or_with_bad_arguments():

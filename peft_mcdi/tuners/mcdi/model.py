@@ -102,7 +102,9 @@ class McDiModel(LoraModel):
                 f"expects T={config.num_train_timesteps}, k={config.num_segments}"
             )
         if problems:
-            raise ValueError(f"generator does not fit adapter {adapter_name!r}: " + "; ".join(problems) + ".")
+            trained_for, base = generator.config.metadata.get("base_model"), config.base_model_name_or_path
+            origin = f" (it was trained for {trained_for}; this model is {base})" if trained_for != base else ""
+            raise ValueError(f"generator does not fit adapter {adapter_name!r}{origin}: " + "; ".join(problems) + ".")
 
     def attach_generator(self, generator: McDiGenerator, adapter_name: str = "default") -> None:
         """Use ``generator`` for ``adapter_name`` after checking that it fits (layer count, modules, shapes, rank)."""
@@ -241,6 +243,13 @@ class McDiModel(LoraModel):
             temperature=temperature,
         )
         generator_ms = (time.perf_counter() - start) * 1e3
+        finite = torch.stack([torch.isfinite(w.reshape(w.shape[0], -1)).all(1) for w in weights.values()]).all(0)
+        if not finite.all():
+            broken = sorted({row // num_samples for row in (~finite).nonzero().flatten().tolist()})
+            raise ValueError(
+                f"the generator produced NaN or infinite weights for adapter(s) {[adapter_names[i] for i in broken]} "
+                "(a corrupt or diverged generator); nothing was written."
+            )
 
         if isinstance(examples, dict):
             examples = [examples]
