@@ -7,7 +7,6 @@ import random
 from pathlib import Path
 
 import pytest
-import torch
 
 from peft_mcdi.pipeline import run_pipeline
 from peft_mcdi.tasks.hub import HubTaskSpec, hub_binary_tasksets, load_hub_task
@@ -29,22 +28,6 @@ def write_task(folder: Path, name: str, positive_words: list[str], seed: int) ->
     with path.open("w", newline="") as f:
         csv.writer(f).writerows([("sentence", "label"), *rows])
     return {"name": name, "path": "csv", "data_files": str(path), "description": f"Is a {name} mentioned?"}
-
-
-@pytest.fixture(scope="module")
-def tiny_llama(tmp_path_factory):
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from peft_mcdi.models.offline import smollm2_path
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return str(folder)
 
 
 def test_the_full_scale_config_parses_with_valid_tasks():
@@ -70,7 +53,7 @@ def test_tasks_are_balanced_and_errors_name_the_task(tmp_path):
         hub_binary_tasksets("unused", [spec.to_dict()])
 
 
-def test_dry_run_of_the_full_scale_config_on_a_tiny_model(tiny_llama, tmp_path):
+def test_dry_run_of_the_full_scale_config_on_a_tiny_model(tiny_llama_dir, tmp_path):
     """The shipped config end to end — 4-bit base included where bitsandbytes is installed — with the base and the
     task list swapped for local stand-ins and the budgets cut to a few steps."""
     config, _ = load_config(CONFIG)
@@ -82,7 +65,7 @@ def test_dry_run_of_the_full_scale_config_on_a_tiny_model(tiny_llama, tmp_path):
         import bitsandbytes  # noqa: F401
     except ImportError:
         config.taskset_kwargs["load_in_4bit"] = False
-    config.taskset_kwargs.update(base=tiny_llama, tasks=tasks, examples_per_class=4, batch_size=8, max_length=32)
+    config.taskset_kwargs.update(base=tiny_llama_dir, tasks=tasks, examples_per_class=4, batch_size=8, max_length=32)
     config.recorder.num_epochs = 2
     config.denoiser.hidden_dim, config.denoiser.num_layers, config.denoiser.num_heads = 32, 1, 2
     config.meta.num_outer_steps, config.meta.meta_batch_size, config.meta.checkpoint_every = 2, 2, 0

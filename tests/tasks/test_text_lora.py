@@ -96,22 +96,11 @@ def test_recorder_learns_a_text_task_on_the_causal_lm(causal):
 
 
 @pytest.fixture(scope="module")
-def tiny_causal(tmp_path_factory):
-    """A 2-layer, 64-wide random Llama with SmolLM2's tokenizer, built as any local causal-LM folder is: the causal-LM
-    task's code path in seconds."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    from peft_mcdi.models.offline import smollm2_path
+def tiny_causal(tiny_llama_dir):
+    """The causal-LM task's code path on a tiny random Llama (tests/conftest.py)."""
     from peft_mcdi.tasks.text_lora import SharedCausalLoRAModel, build_peft_model
 
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)  # fmt: skip
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    torch.manual_seed(0)
-    LlamaForCausalLM(config).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    model, tokenizer = build_peft_model(str(folder), r=2, target_modules=["q_proj", "v_proj"])
+    model, tokenizer = build_peft_model(tiny_llama_dir, r=2, target_modules=["q_proj", "v_proj"])
     return SharedCausalLoRAModel(model, tokenizer)
 
 
