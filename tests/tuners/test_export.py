@@ -33,9 +33,9 @@ from transformers import (
 
 import peft_mcdi
 from peft_mcdi import McDiConfig
+from tests.tuners.test_mcdi import COND, with_generator
 
 
-COND = 8
 TARGETS = {"bert": ["query", "value"], "llama": ["q_proj", "v_proj"]}
 # (base, task_type, the transformers class the adapter is made on, the AutoPeftModel class that loads it back).
 # task_type None: AutoPeftModel finds the base class in the config's auto_mapping. Not listed: Seq2Seq (neither base
@@ -77,12 +77,7 @@ def generated(path, base, task_type, model_class):
     generator: non-zero everywhere, so a lost tensor changes the outputs."""
     torch.manual_seed(1)
     config = McDiConfig(r=2, target_modules=TARGETS[base], task_type=task_type, sampler="ddim", num_sampling_steps=2)
-    model = get_peft_model(model_class.from_pretrained(path), config)
-    generator = model.create_generator(condition_dim=COND)
-    with torch.no_grad():
-        for p in generator.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
+    model, _ = with_generator(get_peft_model(model_class.from_pretrained(path), config))
     model.adapt(embedding=torch.randn(COND))
     return model
 

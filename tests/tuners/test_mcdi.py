@@ -37,14 +37,19 @@ def tiny_bert(seed=0):
     return BertForSequenceClassification(config).eval()
 
 
-def make(r=4, **kwargs):
-    model = get_peft_model(tiny_llama(), McDiConfig(r=r, target_modules=["q_proj", "v_proj"], **kwargs))
+def with_generator(model):
+    """``model`` in eval mode with a new generator, perturbed: an untrained one writes the same weights for every
+    task (zero-initialised output), so a lost or misplaced tensor would go unnoticed."""
     generator = model.create_generator(condition_dim=COND)
-    with torch.no_grad():  # an untrained generator writes the same weights for every task; perturb it
+    with torch.no_grad():
         for p in generator.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     model.eval()
     return model, generator
+
+
+def make(r=4, **kwargs):
+    return with_generator(get_peft_model(tiny_llama(), McDiConfig(r=r, target_modules=["q_proj", "v_proj"], **kwargs)))
 
 
 def lora_state(model, adapter="default"):
@@ -302,12 +307,7 @@ def test_export_lora_loads_in_vanilla_peft_with_identical_logits(tmp_path):
 
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
-    model = get_peft_model(base, McDiConfig(r=4, target_modules=["q_proj", "v_proj"]))
-    generator = model.create_generator(condition_dim=COND)
-    with torch.no_grad():
-        for p in generator.parameters():
-            p.add_(torch.randn_like(p) * 0.05)
-    model.eval()
+    model, _ = with_generator(get_peft_model(base, McDiConfig(r=4, target_modules=["q_proj", "v_proj"])))
     model.adapt(embedding=torch.randn(COND))
     x = torch.randint(0, 64, (2, 6))
     save_file({"input_ids": x, "logits": model(input_ids=x).logits.detach()}, tmp_path / "expected.safetensors")
