@@ -30,7 +30,7 @@ from peft_mcdi.generator.model import McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
 from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_tasksets, run_pipeline
-from peft_mcdi.tasks.text_lora import build_peft_model
+from peft_mcdi.tasks.text_lora import SharedCausalLoRAModel, build_peft_model
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, cache_root, merged, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig
 from peft_mcdi.zoo.store import ZooStore
@@ -430,6 +430,10 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         per_task.update(functional_controls(functional_dir, tasks, config.temperature))
     per_task["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
     per_task["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
+    if not isinstance(tasks[0].shared, SharedCausalLoRAModel):
+        # SPEC §4 `anchor` for a head in the encoder's space: the cosine rule, which for an encoder is the prompted
+        # base's own rule (a LoRA delta on a causal LM has no anchor: its zero is θ₀, the `init` row)
+        per_task["anchor"] = per_task["prompted_base"]
     zoo = Path(results["mcdi"]["zoo"])
     baselines = cache_root() / "runs" / f"baselines-{zoo.name}"  # what depends on the task split only
     multitask = multitask_lora(tasksets, config.multitask, baselines, log)

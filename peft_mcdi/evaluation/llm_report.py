@@ -25,6 +25,7 @@ LABELS = {
     "mcdi_functional_sibling": "Mc-Di functional, from the most similar other held-out description (control)",
     "mcdi_functional_prompted": "Mc-Di functional, description also in the input (Text-to-LoRA's protocol)",
     "prompted_base": "base model prompted with the description",
+    "anchor": "anchor: the cosine rule of description and word embeddings (the prompted base's rule, for an encoder)",
     "prompted_base_icl": "base model prompted with the description and 3 labelled examples",
     "multitask_lora": "multi-task LoRA, prompted with the description",
     "nearest_task": "nearest training task's LoRA (by description)",

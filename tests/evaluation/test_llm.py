@@ -83,7 +83,7 @@ def record(config):
 
 def test_every_method_is_measured_on_the_same_heldout_tasks(record):
     expected = {"mcdi", "mvdi", "single_level", "mcdi_functional", "hypernetwork", "t2l_sft", "prompted_base",
-                "prompted_base_icl", "mcdi_functional_sibling", "mcdi_functional_prompted", "multitask_lora",
+                "prompted_base_icl", "anchor", "mcdi_functional_sibling", "mcdi_functional_prompted", "multitask_lora",
                 "nearest_task", "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
     assert set(record["per_task"]) == expected
     assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
