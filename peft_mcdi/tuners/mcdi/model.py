@@ -180,6 +180,8 @@ class McDiModel(LoraModel):
         temperature: float | None = None,
         num_samples: int = 1,
         examples: dict | list[dict] | None = None,
+        refine_steps: int = 0,
+        refine_lr: float = 1e-3,
     ) -> AdaptInfo:
         """Generate LoRA weights for one or several tasks and write them into their adapters, without gradients.
 
@@ -193,11 +195,21 @@ class McDiModel(LoraModel):
                 the lowest loss on ``examples``.
             examples: labelled examples for that selection: model inputs with ``labels`` (a dict for one task, a
                 list of dicts, one per task). No gradient is taken; each candidate costs one forward pass.
+            refine_steps: with ``examples``, this many Adam steps (learning rate ``refine_lr``) on the generated
+                adapter's own weights, on the examples' loss, after generation (and selection): the generated
+                weights as a few-shot initialisation. The only gradients ``adapt`` takes; the base model and every
+                other adapter stay as they were.
         """
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be a positive int, got {num_samples!r}.")
         if num_samples > 1 and examples is None:
             raise ValueError("num_samples > 1 selects on labelled examples: pass examples=dict(..., labels=...).")
+        if not isinstance(refine_steps, int) or refine_steps < 0:
+            raise ValueError(f"refine_steps must be an int >= 0, got {refine_steps!r}.")
+        if refine_steps and examples is None:
+            raise ValueError("refine_steps > 0 trains on labelled examples: pass examples=dict(..., labels=...).")
+        if not refine_lr > 0:
+            raise ValueError(f"refine_lr must be > 0, got {refine_lr!r}.")
         num_tasks = _count_tasks(prompts, embedding)
         if adapter_names is None:
             if num_tasks != 1:
@@ -269,12 +281,15 @@ class McDiModel(LoraModel):
                 row = j * num_samples + best
                 torch._foreach_copy_(list(params.values()), [weights[k][row].to(p.dtype) for k, p in params.items()])
             chosen.append(seed + best)
+            if refine_steps:
+                self._refine(name, examples[j], refine_steps, refine_lr)
             self.peft_config[name].provenance = {
                 "prompt": texts[j] if embedding is None else None,
                 "seed": seed + best,
                 "num_samples": num_samples,
                 "guidance_scale": guidance,
                 "temperature": temperature,
+                **({"refine_steps": refine_steps, "refine_lr": refine_lr} if refine_steps else {}),
                 "generator": self.peft_config[name].generator_name_or_path,
                 "generator_revision": self.peft_config[name].generator_revision,
                 "generator_sha256": _weights_sha256(self.peft_config[name].generator_name_or_path),
@@ -293,6 +308,29 @@ class McDiModel(LoraModel):
         try:
             return float(self.model(**examples).loss)
         finally:
+            self.set_adapter(previous)
+
+    def _refine(self, adapter_name: str, examples: dict, steps: int, lr: float) -> None:
+        """``steps`` Adam steps on ``adapter_name``'s own weights (LoRA and head) on the loss of ``examples``, with
+        gradients on for them alone; their ``requires_grad`` flags and the active adapter are restored after."""
+        if "labels" not in examples:
+            raise ValueError("examples must include 'labels' (the model computes the refinement loss from them).")
+        params = list(self.lora_parameters(adapter_name).values())
+        flags, previous = [p.requires_grad for p in params], self.active_adapters
+        self.set_adapter(adapter_name)
+        optimizer = torch.optim.Adam(params, lr=lr)
+        try:
+            with torch.enable_grad():
+                for p in params:
+                    p.requires_grad_(True)
+                for _ in range(steps):
+                    optimizer.zero_grad(set_to_none=True)
+                    self.model(**examples).loss.backward()
+                    optimizer.step()
+        finally:
+            for p, flag in zip(params, flags):
+                p.requires_grad_(flag)
+                p.grad = None
             self.set_adapter(previous)
 
     def _add_adapter_like(self, name: str, template) -> None:
