@@ -51,7 +51,9 @@ NEAREST_MARGIN = 0.013
 MEAN_MARGIN = 0.2
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "sample"])
+# ε-prediction (the paper's parameterisation; 60 s on two cores) is slow: the default suite keeps the suite's
+# budget with x̂₀, and the ε path of every stage is covered by the unit tests
+@pytest.mark.parametrize("prediction_type", [pytest.param("epsilon", marks=pytest.mark.slow), "sample"])
 def test_generated_weights_beat_memorisation_baselines_on_heldout_tasks(prediction_type):
     """End to end, for both parameterisations of the denoiser (x̂₀-prediction: 0.308 held-out loss, ε: 0.339)."""
     config = e2e_config(seed=0)
