@@ -309,6 +309,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
             batch_size=config.meta.meta_batch_size,
             seed=config.meta.seed,
             progress=progress,
+            checkpoint_dir=output_dir / "hypernetwork_sft" if output_dir else None,
         )
 
     results = evaluate_heldout(generator, store, tasksets, config, hypernetworks)

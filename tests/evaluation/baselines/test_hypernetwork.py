@@ -1,6 +1,7 @@
 """The one-pass hypernetwork baselines: regression onto the zoo, and Text-to-LoRA's SFT through the task loss."""
 
 import pytest
+import torch
 
 from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork
 from tests.meta.test_functional import Regression
@@ -31,3 +32,27 @@ def test_functional_training_needs_the_zoos_tasks_in_order():
     tasks = [Regression(task_id, i) for i, task_id in enumerate(data.task_ids)]
     with pytest.raises(ValueError, match="in the order of data.task_ids"):
         OnePassHypernetwork(gen.config).fit_functional(data, tasks[::-1], num_steps=1, progress=False)
+
+
+def test_functional_training_resumes_from_its_checkpoint_bit_for_bit(tmp_path):
+    """A run stopped after its step-100 checkpoint and rerun to the end equals the run that never stopped."""
+    gen, data = toy(n_tasks=6)
+    tasks = [Regression(task_id, i) for i, task_id in enumerate(data.task_ids)]
+
+    def net():
+        torch.manual_seed(0)
+        return OnePassHypernetwork(gen.config)
+
+    straight = net()
+    expected = straight.fit_functional(data, tasks, num_steps=120, batch_size=4, lr=1e-2, progress=False)
+    stopped = net()
+    stopped.fit_functional(data, tasks, num_steps=110, batch_size=4, lr=1e-2, progress=False, checkpoint_dir=tmp_path)
+    resumed = net()
+    losses = resumed.fit_functional(
+        data, tasks, num_steps=120, batch_size=4, lr=1e-2, progress=False, checkpoint_dir=tmp_path
+    )
+    assert losses == expected
+    for a, b in zip(resumed.parameters(), straight.parameters()):
+        assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="checkpoint of another training run"):
+        net().fit_functional(data, tasks, num_steps=1, lr=2e-2, progress=False, checkpoint_dir=tmp_path)
