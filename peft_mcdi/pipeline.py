@@ -18,6 +18,7 @@ from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import CARD_NAME, GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.meta.chain import ChainFinetuneConfig, finetune_through_chain
 from peft_mcdi.meta.data import ZooTensors, fit_codec, load_raw_targets, load_zoo_tensors
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
 from peft_mcdi.tasks.base import get_tasksets
@@ -68,6 +69,13 @@ class PipelineConfig(DictConfigMixin):
     meta: MetaTrainConfig = field(
         default_factory=lambda: MetaTrainConfig(num_outer_steps=2000, samples_per_task=16),
         metadata={"help": "Meta-training loop."},
+    )
+    chain: ChainFinetuneConfig = field(
+        default_factory=ChainFinetuneConfig,
+        metadata={
+            "help": "Fine-tuning through the sampling chain after meta-training (SPEC §3.7, DRaFT-K; steps 0: none).",
+            "omit_default": True,
+        },
     )
     hypernetwork_steps: int = field(
         default=2000, metadata={"help": "Training steps of the one-pass hypernetwork baseline (0: skip it)."}
@@ -288,6 +296,15 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
     )
     if not is_main:
         return {}
+    if config.chain.steps:
+        finetune_through_chain(
+            generator,
+            data,
+            list(tasksets.train),
+            config.chain,
+            progress=progress,
+            checkpoint_dir=output_dir / "chain" if output_dir else None,
+        )
 
     hypernetworks = {}
     for name, steps in (

@@ -28,6 +28,7 @@ from peft_mcdi.evaluation.plots import finetune_curve
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.meta.chain import ChainFinetuneConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
 from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_tasksets, run_pipeline
 from peft_mcdi.tasks.text_lora import SharedCausalLoRAModel, build_peft_model
@@ -143,6 +144,21 @@ class LLMBenchConfig(DictConfigMixin):
             "clean estimate divides by √ᾱ_t, so the task loss's gradient is amplified up to 1/√ᾱ_T at large t."
         },
     )
+    functional_chain_steps: int = field(
+        default=0,
+        metadata={
+            "help": "Steps of fine-tuning through the sampling chain after meta-training, for the '*_functional' "
+            "variants (SPEC §3.7, DRaFT-K; meta_batch_size tasks a step, at the evaluation temperature; 0: none).",
+            "omit_default": True,
+        },
+    )
+    functional_chain_last_steps: int = field(
+        default=1,
+        metadata={
+            "help": "K of that fine-tuning: the chain's last K denoiser calls carry gradients.",
+            "omit_default": True,
+        },
+    )
     hypernetwork_steps: int = field(default=600, metadata={"help": "Training steps of the one-pass hypernetwork."})
     finetune_steps: int = field(default=100, metadata={"help": "Length of the per-task fine-tuning curves."})
     finetune_tasks: int | None = field(
@@ -182,8 +198,17 @@ class LLMBenchConfig(DictConfigMixin):
         recipe, functional = variant_recipe(variant)
         spec = VARIANTS[recipe]
         meta = replace(self.meta, algorithm=spec["algorithm"], seed=seed)
+        chain = ChainFinetuneConfig()
         if functional:
             meta = replace(meta, functional_weight=self.functional_weight, functional_samples=self.functional_samples)
+            chain = ChainFinetuneConfig(
+                steps=self.functional_chain_steps,
+                last_steps=self.functional_chain_last_steps,
+                tasks_per_step=meta.meta_batch_size,
+                temperature=self.temperature,
+                seed=seed,
+            )
+            chain = chain if chain.steps else ChainFinetuneConfig()  # no fine-tuning: the default, out of the key
         prediction_type = self.functional_prediction_type if functional else self.prediction_type
         config = PipelineConfig(
             taskset=BASES[self.base]["taskset"],
@@ -198,9 +223,10 @@ class LLMBenchConfig(DictConfigMixin):
             denoiser=self.denoiser,
             loss_variant=spec["loss_variant"],
             meta=meta,
+            chain=chain,
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
             # t2l_sft beside the functional generator, with its budget of base-model passes (tasks × batches)
-            hypernetwork_sft_steps=self.functional_passes(meta) if variant == "mcdi" + FUNCTIONAL else 0,
+            hypernetwork_sft_steps=self.functional_passes(meta, chain) if variant == "mcdi" + FUNCTIONAL else 0,
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,
             min_snr_gamma=self.min_snr_gamma,
@@ -211,11 +237,13 @@ class LLMBenchConfig(DictConfigMixin):
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(trained)}")
         return config
 
-    def functional_passes(self, meta: MetaTrainConfig) -> int:
-        """Base-model passes of a functional variant's meta-training per meta-batch slot: outer steps × inner steps
-        × clean estimates scored — the steps (of ``meta_batch_size`` tasks) that give t2l_sft the same budget."""
+    def functional_passes(self, meta: MetaTrainConfig, chain: ChainFinetuneConfig) -> int:
+        """Base-model passes of a functional variant's training per meta-batch slot: outer steps × inner steps ×
+        clean estimates scored (when λ > 0), plus the chain fine-tuning's steps — the steps (of ``meta_batch_size``
+        tasks) that give t2l_sft the same budget."""
         inner = meta.inner_steps if meta.algorithm == "reptile" else 1
-        return meta.num_outer_steps * inner * self.functional_samples
+        term = meta.num_outer_steps * inner * self.functional_samples if meta.functional_weight > 0 else 0
+        return term + chain.steps * chain.tasks_per_step // meta.meta_batch_size
 
 
 def results_key(value) -> str:

@@ -127,7 +127,8 @@ class McDiGenerator(nn.Module):
             return None
         return self.codec.token_layout(num_rows)
 
-    def _num_rows(self, condition: torch.Tensor) -> int | None:
+    def num_rows_of(self, condition: torch.Tensor) -> int | None:
+        """Class rows of a per-token condition (B, N, C) for a rows-layout codec (heads), else None (LoRA)."""
         return condition.shape[-2] if self.codec.row_tokens else None
 
     # --------------------------------------------------------------- training
@@ -179,7 +180,7 @@ class McDiGenerator(nn.Module):
         """Batch of conditions (B, C) [(B, N, C) for heads] → normalised weight vectors (B, D)."""
         condition = condition.to(self.device, torch.float32)
         seeds = [seed] * condition.shape[0] if isinstance(seed, int) else list(seed)
-        num_rows = self._num_rows(condition)
+        num_rows = self.num_rows_of(condition)
         return sample(
             self.denoiser,
             self.scheduler,

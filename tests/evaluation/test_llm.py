@@ -224,6 +224,19 @@ def test_functional_variants_train_the_same_recipe_with_the_task_loss_term():
         LLMBenchConfig.for_base("minilm", {"variants": ["mcdi", "tadi_functional"]})
 
 
+def test_chain_finetuning_joins_the_functional_variants_and_t2l_sfts_budget():
+    """Fine-tuning through the chain runs for the '*_functional' variants only, at the evaluation temperature, and
+    its base-model passes are added to t2l_sft's budget; without it no key changes (cached runs stay valid)."""
+    default = LLMBenchConfig.for_base("minilm")
+    chained = LLMBenchConfig.for_base("minilm", {"functional_chain_steps": 200, "functional_chain_last_steps": 5})
+    run = chained.pipeline(1, "mcdi_functional")
+    assert (run.chain.steps, run.chain.last_steps, run.chain.seed) == (200, 5, 1)
+    assert run.chain.temperature == chained.temperature and run.chain.tasks_per_step == run.meta.meta_batch_size
+    assert run.hypernetwork_sft_steps == default.pipeline(1, "mcdi_functional").hypernetwork_sft_steps + 200
+    assert chained.pipeline(1, "mcdi").chain.steps == 0 and "chain" not in default.pipeline(1, "mcdi").to_dict()
+    assert chained.pipeline(1, "mcdi").output_dir == default.pipeline(1, "mcdi").output_dir != run.output_dir
+
+
 def test_another_temperature_reevaluates_the_trained_generator(config, record):
     """The temperature changes the evaluation only: same run folder, no meta-training step taken again, the
     deterministic chain's adapters in the results, and a record of its own."""

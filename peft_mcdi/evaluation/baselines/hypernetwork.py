@@ -6,23 +6,18 @@ one-pass functional baseline a functionally trained diffusion generator has to b
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
-from tqdm.auto import tqdm
 
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.model import GeneratorConfig, denoiser_for_codec
 from peft_mcdi.meta.data import ZooTensors
+from peft_mcdi.meta.resumable import train_resumable
 from peft_mcdi.tasks.base import Task
-from peft_mcdi.utils import atomic_write, atomic_write_text, stable_hash
-
-
-CHECKPOINT_EVERY = 100  # steps between checkpoints of a resumable fit
+from peft_mcdi.utils import stable_hash
 
 
 class OnePassHypernetwork(nn.Module):
@@ -74,7 +69,7 @@ class OnePassHypernetwork(nn.Module):
         """Train through the task loss: per step, ``batch_size`` training tasks (``tasks`` in the order of
         ``data.task_ids``), each scored on one batch of its examples by the weights decoded from its condition —
         ``num_steps × batch_size`` base-model passes. The zoo gives only the conditions and the codec's scale.
-        With ``checkpoint_dir``, the state is saved every :data:`CHECKPOINT_EVERY` steps and a rerun resumes it
+        With ``checkpoint_dir``, the state is saved every hundred steps and a rerun resumes it
         (on a real base model this baseline takes about an hour on a CPU core)."""
         if [t.task_id for t in tasks] != list(data.task_ids):
             raise ValueError("tasks must be the zoo's training tasks in the order of data.task_ids.")
@@ -93,37 +88,8 @@ class OnePassHypernetwork(nn.Module):
         self, data, loss_of_rows, num_steps, batch_size, lr, seed, progress, desc, checkpoint_dir=None
     ) -> list[float]:
         self.net.fit_condition_statistics(data.conditions)  # the same condition scaling as the generator's
-        g = torch.Generator().manual_seed(seed)
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=lr)
-        folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
         identity = stable_hash([desc, batch_size, lr, seed, list(data.task_ids)])
-        losses = self._resume(folder, identity, optimizer, g) if folder is not None else []
-        for step in tqdm(range(len(losses), num_steps), desc=desc, disable=not progress, initial=len(losses)):
-            loss = loss_of_rows(torch.randint(len(data), (batch_size,), generator=g), g)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            if folder is not None and (step + 1) % CHECKPOINT_EVERY == 0 and step + 1 < num_steps:
-                self._save(folder, identity, optimizer, g, losses)
-        return losses
-
-    def _save(self, folder: Path, identity: str, optimizer, g: torch.Generator, losses: list[float]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        tensors = {**{f"net.{k}": v.contiguous() for k, v in self.net.state_dict().items()}, "rng": g.get_state()}
-        atomic_write(folder / "state.safetensors", lambda tmp: save_file(tensors, tmp))
-        atomic_write(folder / "optimizer.pt", lambda tmp: torch.save(optimizer.state_dict(), tmp))
-        atomic_write_text(folder / "state.json", json.dumps({"identity": identity, "losses": losses}))
-
-    def _resume(self, folder: Path, identity: str, optimizer, g: torch.Generator) -> list[float]:
-        """The losses so far, after loading the network, optimizer and RNG of ``folder``'s checkpoint (none: [])."""
-        if not (folder / "state.json").is_file():
-            return []
-        meta = json.loads((folder / "state.json").read_text())
-        if meta["identity"] != identity:
-            raise ValueError(f"{folder} holds a checkpoint of another training run; use another folder or delete it.")
-        tensors = load_file(folder / "state.safetensors")
-        self.net.load_state_dict({k[len("net.") :]: v for k, v in tensors.items() if k.startswith("net.")})
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=True))
-        g.set_state(tensors["rng"])
-        return meta["losses"]
+        return train_resumable(
+            self.net, loss_of_rows, len(data), num_steps, batch_size, lr, seed, identity, desc, progress,
+            checkpoint_dir,
+        )  # fmt: skip
