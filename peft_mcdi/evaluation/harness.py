@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from peft_mcdi.tasks.base import Task
 from peft_mcdi.utils import atomic_write_text
 
 
@@ -39,6 +40,26 @@ def first_reaching(curve: Sequence[float], target: float) -> int | None:
         if value >= target - MATCH_TOLERANCE:
             return index
     return None
+
+
+def refined(task: Task, params: Mapping[str, torch.Tensor], steps: int, lr: float, seed: int = 0) -> dict:
+    """``params`` after ``steps`` Adam steps on ``task``'s own training batches (epochs reshuffled from ``seed``):
+    the few-shot rows of SPEC §4 start this from a generated adapter (``*_fewshot``) or from θ₀ (``zero_fewshot``),
+    so the two differ only in where they start."""
+    params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    optimizer = torch.optim.Adam(params.values(), lr=lr)
+    g, epoch, taken = torch.Generator().manual_seed(seed), 0, 0
+    with torch.enable_grad():
+        while taken < steps:
+            for batch in task.train_batches(epoch, g):
+                optimizer.zero_grad()
+                task.loss(params, batch).backward()
+                optimizer.step()
+                taken += 1
+                if taken == steps:
+                    break
+            epoch += 1
+    return {k: v.detach() for k, v in params.items()}
 
 
 def seeds_to_run(seeds: list[int] | None, quick: bool) -> list[int]:

@@ -22,7 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from peft_mcdi.evaluation.baselines.multitask_lora import MultiTaskLoRAConfig, train_multitask_lora
-from peft_mcdi.evaluation.harness import first_reaching
+from peft_mcdi.evaluation.harness import first_reaching, refined
 from peft_mcdi.evaluation.metrics import measured
 from peft_mcdi.evaluation.plots import finetune_curve
 from peft_mcdi.generator.denoisers import DenoiserConfig
@@ -160,6 +160,15 @@ class LLMBenchConfig(DictConfigMixin):
         },
     )
     hypernetwork_steps: int = field(default=600, metadata={"help": "Training steps of the one-pass hypernetwork."})
+    fewshot_steps: int = field(
+        default=5,
+        metadata={
+            "help": "Adam steps (the zoo's learning rate) on a held-out task's own training examples for the "
+            "few-shot rows: from the functional generator's adapter (mcdi_functional_fewshot) and from θ₀ "
+            "(zero_fewshot).",
+            "omit_default": True,
+        },
+    )
     finetune_steps: int = field(default=100, metadata={"help": "Length of the per-task fine-tuning curves."})
     finetune_tasks: int | None = field(
         default=None, metadata={"help": "Held-out tasks given a fine-tuning curve (None: all)."}
@@ -413,21 +422,29 @@ def sibling_indices(conditions: torch.Tensor) -> torch.Tensor:
     return similarity.argmax(1)
 
 
-@torch.no_grad()
-def functional_controls(generator_dir: Path, tasks, temperature: float) -> dict[str, list[float]]:
+def functional_controls(
+    generator_dir: Path, tasks, temperature: float, fewshot_steps: int, lr: float
+) -> dict[str, list[float]]:
     """The functional generator's controls on the held-out tasks, drawn as the pipeline's evaluation draws them
     (seed 0): generated from the most similar other held-out task's description (``mcdi_functional_sibling``:
-    does the description, not a generic adapter, do the work?), and its own adapter with the description in the
-    input too (``mcdi_functional_prompted``, Text-to-LoRA's protocol)."""
+    does the description, not a generic adapter, do the work?), its own adapter with the description in the
+    input too (``mcdi_functional_prompted``, Text-to-LoRA's protocol), and the generated adapter as a few-shot
+    initialisation: ``fewshot_steps`` Adam steps on the task's own training examples from it
+    (``mcdi_functional_fewshot``) and the same steps from θ₀ (``zero_fewshot``)."""
     generator = McDiGenerator.from_pretrained(generator_dir)
     conditions = torch.stack([t.condition for t in tasks])
-    own = generator.generate(conditions, seed=0, temperature=temperature)
-    other = generator.generate(conditions[sibling_indices(conditions)], seed=0, temperature=temperature)
-    sibling, prompted = [], []
+    with torch.no_grad():
+        own = generator.generate(conditions, seed=0, temperature=temperature)
+        other = generator.generate(conditions[sibling_indices(conditions)], seed=0, temperature=temperature)
+    rows = {k: [] for k in ("mcdi_functional_sibling", "mcdi_functional_prompted", "mcdi_functional_fewshot")}
+    rows["zero_fewshot"] = []
     for j, task in enumerate(tasks):
-        sibling.append(float(task.evaluate({k: v[j] for k, v in other.items()})))
-        prompted.append(task.prompted_accuracy({k: v[j] for k, v in own.items()}))
-    return {"mcdi_functional_sibling": sibling, "mcdi_functional_prompted": prompted}
+        mine = {k: v[j] for k, v in own.items()}
+        rows["mcdi_functional_sibling"].append(float(task.evaluate({k: v[j] for k, v in other.items()})))
+        rows["mcdi_functional_prompted"].append(task.prompted_accuracy(mine))
+        rows["mcdi_functional_fewshot"].append(float(task.evaluate(refined(task, mine, fewshot_steps, lr))))
+        rows["zero_fewshot"].append(float(task.evaluate(refined(task, task.init_params(), fewshot_steps, lr))))
+    return rows
 
 
 def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
@@ -455,7 +472,9 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         per_task["t2l_sft"] = results["mcdi" + FUNCTIONAL]["per_task"]["hypernetwork_sft"]
     if "mcdi" + FUNCTIONAL in results:
         functional_dir = Path(config.pipeline(seed, "mcdi" + FUNCTIONAL).output_dir) / "generator"
-        per_task.update(functional_controls(functional_dir, tasks, config.temperature))
+        per_task.update(
+            functional_controls(functional_dir, tasks, config.temperature, config.fewshot_steps, config.recorder.lr)
+        )
     per_task["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
     per_task["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
     if not isinstance(tasks[0].shared, SharedCausalLoRAModel):

@@ -40,12 +40,15 @@ def train_resumable(
     optimizer = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=lr)
     folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
     losses = _resume(folder, identity, module, optimizer, g) if folder is not None else []
-    for step in tqdm(range(len(losses), num_steps), desc=desc, disable=not progress, initial=len(losses)):
+    bar = tqdm(range(len(losses), num_steps), desc=desc, disable=not progress, initial=len(losses))
+    for step in bar:
         loss = loss_of_rows(torch.randint(num_rows, (batch_size,), generator=g), g)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
+        if (step + 1) % 10 == 0:
+            bar.set_postfix(loss=f"{sum(losses[-10:]) / 10:.4f}")
         if folder is not None and ((step + 1) % CHECKPOINT_EVERY == 0 or step + 1 == num_steps):
             _save(folder, identity, module, optimizer, g, losses)
     return losses

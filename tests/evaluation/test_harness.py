@@ -8,16 +8,19 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from peft_mcdi.evaluation.harness import (
     MATCH_TOLERANCE,
     first_reaching,
     mean_std,
     percent,
+    refined,
     run_script,
     seeds_to_run,
     write_record,
 )
+from tests.meta.test_functional import Regression
 
 
 def test_mean_std_over_seeds():
@@ -25,6 +28,18 @@ def test_mean_std_over_seeds():
     stat = mean_std([0.6, 0.8])
     assert stat["mean"] == pytest.approx(0.7) and stat["std"] == pytest.approx(0.1414213, rel=1e-6)
     assert percent(stat) == "70.0 ± 14.1"
+
+
+def test_refined_takes_exactly_its_steps_across_epochs_from_where_it_starts():
+    """The few-shot rows: K Adam steps on the task's own batches (one batch per epoch here, so K epochs), from any
+    start; the start is not modified; the same start and seed give the same result."""
+    task = Regression("t", 0)
+    start = {"w": torch.full((5,), 0.5)}
+    one, five = refined(task, start, 1, 0.1), refined(task, start, 5, 0.1)
+    assert torch.equal(start["w"], torch.full((5,), 0.5))
+    assert task.evaluate(five) < task.evaluate(one) < task.evaluate(start)
+    torch.testing.assert_close(five["w"], refined(task, start, 5, 0.1)["w"], rtol=0, atol=0)
+    assert not torch.equal(five["w"], refined(task, task.init_params(), 5, 0.1)["w"])
 
 
 def test_first_reaching_is_the_first_point_at_the_target():
