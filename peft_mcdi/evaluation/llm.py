@@ -137,6 +137,14 @@ class LLMBenchConfig(DictConfigMixin):
             "pass over a batch of the task's examples: the term's cost)."
         },
     )
+    functional_input: str = field(
+        default="noised_target",
+        metadata={
+            "help": "What the denoiser sees in the '*_functional' variants' task-loss term (MetaTrainConfig): "
+            "'noised_target' or 'pure_noise' (the sampler's first step).",
+            "omit_default": True,
+        },
+    )
     functional_prediction_type: str = field(
         default="sample",
         metadata={
@@ -209,7 +217,12 @@ class LLMBenchConfig(DictConfigMixin):
         meta = replace(self.meta, algorithm=spec["algorithm"], seed=seed)
         chain = ChainFinetuneConfig()
         if functional:
-            meta = replace(meta, functional_weight=self.functional_weight, functional_samples=self.functional_samples)
+            meta = replace(
+                meta,
+                functional_weight=self.functional_weight,
+                functional_samples=self.functional_samples,
+                functional_input=self.functional_input,
+            )
             chain = ChainFinetuneConfig(
                 steps=self.functional_chain_steps,
                 last_steps=self.functional_chain_last_steps,

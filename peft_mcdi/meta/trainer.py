@@ -38,6 +38,7 @@ from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, st
 
 
 ALGORITHMS = ("reptile", "single_level")
+FUNCTIONAL_INPUTS = ("noised_target", "pure_noise")
 LATEST_NAME = "latest"
 STATE_NAME = "trainer_state.json"
 OPTIMIZER_NAME = "optimizer.pt"
@@ -77,6 +78,15 @@ class MetaTrainConfig(DictConfigMixin):
             "omit_default": True,
         },
     )
+    functional_input: Literal["noised_target", "pure_noise"] = field(
+        default="noised_target",
+        metadata={
+            "help": "What the denoiser sees in the functional term: 'noised_target', x_t ~ q(x_t | θ⁽ᵏ⁾) at t uniform "
+            "in 1..T (as in the diffusion loss); 'pure_noise', ε at t = T, the sampler's first step, so that the "
+            "weights can only come from the condition (noised targets let it read them back from x_t).",
+            "omit_default": True,
+        },
+    )
     checkpoint_every: int = field(default=0, metadata={"help": "Checkpoint every N outer steps (0: only at the end)."})
     log_every: int = field(default=50, metadata={"help": "Average and log the loss every N outer steps."})
 
@@ -92,6 +102,8 @@ class MetaTrainConfig(DictConfigMixin):
             raise ValueError(f"functional_weight must be >= 0 (0: off), got {self.functional_weight!r}.")
         if self.functional_samples < 1:
             raise ValueError(f"functional_samples must be >= 1, got {self.functional_samples}.")
+        if self.functional_input not in FUNCTIONAL_INPUTS:
+            raise ValueError(f"functional_input must be one of {FUNCTIONAL_INPUTS}, got {self.functional_input!r}.")
 
 
 def slot_generator(seed: int, step: int, slot: int) -> torch.Generator:
@@ -124,6 +136,7 @@ class MetaTrainer:
             if len(kinds) > 1:
                 raise ValueError(f"tasks= must be of one family (one grouped_loss scores them all), got {kinds}.")
         self.tasks = tasks
+        self._pure_noise = config.functional_input == "pure_noise"
         if data.targets.shape[1] != generator.scheduler.num_segments:
             raise ValueError(
                 f"zoo targets carry {data.targets.shape[1]} local targets per task, the generator's scheduler "
@@ -181,7 +194,7 @@ class MetaTrainer:
             )
             if cfg.functional_weight > 0:
                 for s in range(draws):
-                    draw = draw_functional(gen, self.tasks[idx[-1]], cfg.functional_samples, dim, g)
+                    draw = draw_functional(gen, self.tasks[idx[-1]], cfg.functional_samples, dim, g, self._pure_noise)
                     functional[s].append((idx[-1], draw))
         stacked = [
             tuple(torch.stack(parts).to(self.device) for parts in zip(*(n[s] for n in noise))) for s in range(draws)
@@ -210,6 +223,7 @@ class MetaTrainer:
                 batches,
                 [self.tasks[i] for i in index.tolist()],
                 self.layout,
+                self._pure_noise,
             )
             term = torch.autograd.grad(values.sum(), list(own.values()), allow_unused=True)
         weight = self.config.functional_weight

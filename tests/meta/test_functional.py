@@ -51,7 +51,11 @@ def hand_loss(model, trainer, tasks, j, s, targets, conditions, noise, functiona
     loss = slot_loss(model, targets[j], conditions[j], [x[j] for x in noise[s]])
     index, draw = functional[s][j]
     scheduler, n = model.scheduler, draw.timesteps.shape[0]
-    x_t = scheduler.add_noise(targets[j, -1].expand(n, -1), draw.noise, draw.timesteps)
+    if trainer.config.functional_input == "pure_noise":  # the sampler's first step: ε itself at t = T
+        assert (draw.timesteps == scheduler.num_train_timesteps).all()
+        x_t = draw.noise
+    else:
+        x_t = scheduler.add_noise(targets[j, -1].expand(n, -1), draw.noise, draw.timesteps)
     no_drop = torch.zeros(n, dtype=torch.bool)
     f = model.denoiser(x_t, draw.timesteps, conditions[j].expand(n, -1), no_drop, trainer.layout)
     weights = model.codec.decode(scheduler.clean_estimate(x_t, f, draw.timesteps))
@@ -81,8 +85,9 @@ def test_reptile_with_the_functional_term_equals_hand_computation():
         torch.testing.assert_close(p.detach(), phi[name] + 0.3 * mean_delta, atol=1e-6, rtol=1e-5)
 
 
-def test_single_level_with_the_functional_term_is_the_mean_gradient():
-    gen, data, tasks, trainer = setup("single_level", 2.0)
+@pytest.mark.parametrize("functional_input", ["noised_target", "pure_noise"])
+def test_single_level_with_the_functional_term_is_the_mean_gradient(functional_input):
+    gen, data, tasks, trainer = setup("single_level", 2.0, functional_input=functional_input)
     targets, conditions, noise, functional = trainer._draw_slots(0)
     model = copy.deepcopy(gen)
     loss = sum(hand_loss(model, trainer, tasks, j, 0, targets, conditions, noise, functional) for j in range(3)) / 3
@@ -123,6 +128,8 @@ def test_bad_functional_settings_are_named():
     gen, data = toy()
     with pytest.raises(ValueError, match="functional_weight must be >= 0"):
         MetaTrainConfig(functional_weight=-1.0)
+    with pytest.raises(ValueError, match="functional_input must be one of"):
+        MetaTrainConfig(functional_input="target")
     with pytest.raises(ValueError, match="pass tasks="):
         MetaTrainer(gen, data, MetaTrainConfig(functional_weight=1.0))
     tasks = [Regression(f"other{i}", i) for i in range(len(data))]
