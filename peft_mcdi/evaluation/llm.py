@@ -145,6 +145,14 @@ class LLMBenchConfig(DictConfigMixin):
             "omit_default": True,
         },
     )
+    functional_condition_normalization: str = field(
+        default="none",
+        metadata={
+            "help": "The '*_functional' variants' denoiser condition scaling (DenoiserConfig.condition_normalization; "
+            "the other variants keep the shared denoiser's): 'standardize' lets description differences reach it.",
+            "omit_default": True,
+        },
+    )
     functional_prediction_type: str = field(
         default="sample",
         metadata={
@@ -242,7 +250,11 @@ class LLMBenchConfig(DictConfigMixin):
             },
             recorder=self.recorder,
             scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=prediction_type),
-            denoiser=self.denoiser,
+            denoiser=(
+                replace(self.denoiser, condition_normalization=self.functional_condition_normalization)
+                if functional
+                else self.denoiser
+            ),
             loss_variant=spec["loss_variant"],
             meta=meta,
             chain=chain,

@@ -1,0 +1,130 @@
+"""Which realisation of functional training (SPEC §3.7) makes generated MiniLM adapters work on held-out WordNet
+categories? One change at a time on the LLM benchmark's seed-0 split and zoo: the task-loss term's weight λ, what the
+denoiser sees in it (a noised zoo target, or the sampler's own start, pure noise), the condition scaling, the sampler
+that reads the trained generator, fine-tuning through the sampling chain (DRaFT-K), and the one-pass network trained
+through the task loss with the same base-model passes (t2l_sft). Every run is a pipeline run cached and resumable
+under $MCDI_CACHE/runs (a rerun reads it back); fine-tuning and t2l_sft rows start from a copy of their base recipe's
+meta-training checkpoints, so the base is trained once. Held-out accuracy of the generated adapters (the
+benchmark's ``generated``), beside the split's nearest-task and per-task-reference rows.
+
+    python benchmarks/studies/llm_functional_recipes.py                       # every recipe below, seed 0
+    python benchmarks/studies/llm_functional_recipes.py --recipes pure_noise_l10 pure_noise_l10_ddim1
+"""
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from peft_mcdi.evaluation.llm import LLMBenchConfig, run_variant  # noqa: E402
+from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
+from peft_mcdi.pipeline import build_tasksets, run_pipeline  # noqa: E402
+from peft_mcdi.utils import cache_root  # noqa: E402
+
+
+STD = {"functional_condition_normalization": "standardize"}
+PURE = {**STD, "functional_input": "pure_noise"}
+SL = "single_level_functional"
+DDIM = {"sampler": "ddim"}
+# name → (variant, LLMBenchConfig overrides, what else): x̂₀-prediction and one functional sample per slot throughout.
+# "base": the recipe whose trained generator a row starts from; "sampler": evaluate it with these generate() keywords;
+# "chain": fine-tune it through the chain (steps, K); "t2l_steps": train t2l_sft beside it.
+RECIPES = {
+    "noised_target_l1": (SL, {"functional_weight": 1.0}, {}),
+    "noised_target_l10_std": (SL, {**STD, "functional_weight": 10}, {}),
+    "pure_noise_l1": (SL, {**PURE, "functional_weight": 1}, {}),
+    "pure_noise_l10": (SL, {**PURE, "functional_weight": 10}, {}),
+    "pure_noise_l100": (SL, {**PURE, "functional_weight": 100}, {}),
+    "pure_noise_l10_ddim1": (None, {}, {"base": "pure_noise_l10", "sampler": {**DDIM, "num_inference_steps": 1}}),
+    "pure_noise_l10_ddim5": (None, {}, {"base": "pure_noise_l10", "sampler": {**DDIM, "num_inference_steps": 5}}),
+    "pure_noise_l10_chain_k1": (None, {}, {"base": "pure_noise_l10", "chain": (300, 1)}),
+    "pure_noise_l10_chain_k20": (None, {}, {"base": "pure_noise_l10", "chain": (300, 20)}),
+    "t2l_sft_600_std": (None, {}, {"base": "pure_noise_l10", "t2l_steps": 600}),
+}  # fmt: skip
+
+
+def trained(name: str, seed: int):
+    """The pipeline config of a training recipe."""
+    variant, overrides, _ = RECIPES[name]
+    return LLMBenchConfig.for_base("minilm", overrides).pipeline(seed, variant)
+
+
+def run_from_base(name: str, seed: int) -> dict:
+    """A row that continues its base recipe's generator (chain fine-tuning or t2l_sft beside it), in its own folder
+    seeded with a copy of the base's meta-training checkpoints."""
+    extra = RECIPES[name][2]
+    _, overrides, _ = RECIPES[extra["base"]]
+    base = trained(extra["base"], seed)
+    if "chain" in extra:
+        steps, k = extra["chain"]
+        more = {"functional_chain_steps": steps, "functional_chain_last_steps": k}
+        run = LLMBenchConfig.for_base("minilm", {**overrides, **more}).pipeline(seed, RECIPES[extra["base"]][0])
+        run = replace(run, hypernetwork_sft_steps=0)
+    else:
+        run = replace(base, hypernetwork_sft_steps=extra["t2l_steps"])
+    folder = cache_root() / "runs" / f"study-{name}-seed{seed}-{Path(base.output_dir).name}"
+    if not (folder / "train").exists():
+        shutil.copytree(Path(base.output_dir) / "train", folder / "train")
+    run = replace(run, output_dir=str(folder))
+    results = run_pipeline(run, progress=True, tasksets=build_tasksets(run))
+    metric = dict(results["heldout_metric"])
+    if "t2l_steps" in extra:
+        metric["generated"] = metric.pop("hypernetwork_sft")  # the row is the one-pass network
+    return {**metric, "meta_train_seconds": results["meta_train_seconds"]}
+
+
+@torch.no_grad()
+def sampled(name: str, seed: int) -> dict:
+    """A trained recipe's generator read by another sampler (seed 0 of the generation noise, as the benchmark)."""
+    extra = RECIPES[name][2]
+    run = trained(extra["base"], seed)
+    run_variant(run, build_tasksets(run), progress=True)  # trains the base if it is not there yet
+    generator = McDiGenerator.from_pretrained(Path(run.output_dir) / "generator")
+    tasks = list(build_tasksets(run).test)
+    weights = generator.generate(torch.stack([t.condition for t in tasks]), seed=0, **extra["sampler"])
+    accuracy = [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
+    return {"generated": sum(accuracy) / len(accuracy)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
+    default_out = Path(__file__).with_name("results") / "llm_minilm_functional_recipes.json"
+    parser.add_argument("--out", default=str(default_out))
+    args = parser.parse_args()
+    path = Path(args.out)
+    record = json.loads(path.read_text()) if path.is_file() else {"command": " ".join(["python", *sys.argv])}
+    record.setdefault("held_out_accuracy", {})
+    for name in args.recipes:
+        variant, overrides, extra = RECIPES[name]
+        start = time.perf_counter()
+        if "sampler" in extra:
+            row = sampled(name, args.seed)
+        elif "base" in extra:
+            row = run_from_base(name, args.seed)
+        else:
+            run = trained(name, args.seed)
+            results = run_variant(run, build_tasksets(run), progress=True)
+            row = {**results["heldout_metric"], "meta_train_seconds": results["meta_train_seconds"]}
+        record["held_out_accuracy"][name] = {
+            "variant": variant,
+            "overrides": overrides,
+            **extra,
+            **row,
+            "seconds_this_call": time.perf_counter() - start,
+        }
+        print(name, json.dumps(record["held_out_accuracy"][name]), flush=True)
+        path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
