@@ -27,6 +27,7 @@ import yaml
 
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.meta.chain import ChainFinetuneConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
 from peft_mcdi.pipeline import PipelineConfig, format_results, prepare_zoo, run_pipeline
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text
@@ -60,6 +61,7 @@ NESTED = {
     "scheduler": SchedulerConfig,
     "denoiser": DenoiserConfig,
     "meta": MetaTrainConfig,
+    "chain": ChainFinetuneConfig,
 }
 
 

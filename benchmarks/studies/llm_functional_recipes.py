@@ -24,7 +24,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from peft_mcdi.evaluation.llm import LLMBenchConfig, run_variant  # noqa: E402
+from peft_mcdi.evaluation.llm import LLMBenchConfig, functional_controls, run_variant  # noqa: E402
 from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 from peft_mcdi.pipeline import build_tasksets, run_pipeline  # noqa: E402
 from peft_mcdi.utils import cache_root  # noqa: E402
@@ -48,6 +48,8 @@ RECIPES = {
     "pure_noise_l10_chain_k1": (None, {}, {"base": "pure_noise_l10", "chain": (300, 1)}),
     "pure_noise_l10_chain_k20": (None, {}, {"base": "pure_noise_l10", "chain": (300, 20)}),
     "t2l_sft_600_std": (None, {}, {"base": "pure_noise_l10", "t2l_steps": 600}),
+    # the budget of pure_noise_l10 + 300 chain steps: 600 + 300 steps of meta_batch_size base-model passes
+    "t2l_sft_900_std": (None, {}, {"base": "pure_noise_l10", "t2l_steps": 900}),
 }  # fmt: skip
 
 
@@ -78,6 +80,9 @@ def run_from_base(name: str, seed: int) -> dict:
     metric = dict(results["heldout_metric"])
     if "t2l_steps" in extra:
         metric["generated"] = metric.pop("hypernetwork_sft")  # the row is the one-pass network
+    else:  # the specificity, prompted and few-shot controls of the benchmark (SPEC §4), on this generator
+        controls = functional_controls(folder / "generator", list(build_tasksets(run).test), run.temperature, 5, 5e-3)
+        metric.update({k: sum(v) / len(v) for k, v in controls.items()})
     return {**metric, "meta_train_seconds": results["meta_train_seconds"]}
 
 

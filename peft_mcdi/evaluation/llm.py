@@ -128,7 +128,11 @@ class LLMBenchConfig(DictConfigMixin):
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
     )
     functional_weight: float = field(
-        default=1.0, metadata={"help": "λ of the '*_functional' variants (SPEC §3.7): weight of the task-loss term."}
+        default=10.0,
+        metadata={
+            "help": "λ of the '*_functional' variants (SPEC §3.7): weight of the task-loss term (MiniLM seed 0, "
+            "benchmarks/studies/llm_functional_recipes.py: 1 moves nothing, 10 best, 100 worse)."
+        },
     )
     functional_samples: int = field(
         default=1,
@@ -138,7 +142,7 @@ class LLMBenchConfig(DictConfigMixin):
         },
     )
     functional_input: str = field(
-        default="noised_target",
+        default="pure_noise",
         metadata={
             "help": "What the denoiser sees in the '*_functional' variants' task-loss term (MetaTrainConfig): "
             "'noised_target' or 'pure_noise' (the sampler's first step).",
@@ -146,7 +150,7 @@ class LLMBenchConfig(DictConfigMixin):
         },
     )
     functional_condition_normalization: str = field(
-        default="none",
+        default="standardize",
         metadata={
             "help": "The '*_functional' variants' denoiser condition scaling (DenoiserConfig.condition_normalization; "
             "the other variants keep the shared denoiser's): 'standardize' lets description differences reach it.",
@@ -161,7 +165,7 @@ class LLMBenchConfig(DictConfigMixin):
         },
     )
     functional_chain_steps: int = field(
-        default=0,
+        default=300,
         metadata={
             "help": "Steps of fine-tuning through the sampling chain after meta-training, for the '*_functional' "
             "variants (SPEC §3.7, DRaFT-K; meta_batch_size tasks a step, at the evaluation temperature; 0: none).",

@@ -229,10 +229,12 @@ def test_chain_finetuning_joins_the_functional_variants_and_t2l_sfts_budget():
     its base-model passes are added to t2l_sft's budget; without it no key changes (cached runs stay valid)."""
     default = LLMBenchConfig.for_base("minilm")
     chained = LLMBenchConfig.for_base("minilm", {"functional_chain_steps": 200, "functional_chain_last_steps": 5})
+    unchained = LLMBenchConfig.for_base("minilm", {"functional_chain_steps": 0})
     run = chained.pipeline(1, "mcdi_functional")
     assert (run.chain.steps, run.chain.last_steps, run.chain.seed) == (200, 5, 1)
     assert run.chain.temperature == chained.temperature and run.chain.tasks_per_step == run.meta.meta_batch_size
-    assert run.hypernetwork_sft_steps == default.pipeline(1, "mcdi_functional").hypernetwork_sft_steps + 200
+    assert run.hypernetwork_sft_steps == unchained.pipeline(1, "mcdi_functional").hypernetwork_sft_steps + 200
+    assert "chain" not in unchained.pipeline(1, "mcdi_functional").to_dict()
     assert chained.pipeline(1, "mcdi").chain.steps == 0 and "chain" not in default.pipeline(1, "mcdi").to_dict()
     assert chained.pipeline(1, "mcdi").output_dir == default.pipeline(1, "mcdi").output_dir != run.output_dir
 
