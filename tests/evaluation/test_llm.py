@@ -37,6 +37,8 @@ TINY = {
     "recorder": {"num_epochs": 2},
     "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
     "hypernetwork_steps": 4,
+    "functional_chain_steps": 3,
+    "fewshot_steps": 2,
     "finetune_steps": 6,
     "multitask": {"num_epochs": 0.05},
     "seen_tasks": 2,
@@ -84,7 +86,8 @@ def record(config):
 def test_every_method_is_measured_on_the_same_heldout_tasks(record):
     expected = {"mcdi", "mvdi", "single_level", "mcdi_functional", "hypernetwork", "t2l_sft", "prompted_base",
                 "prompted_base_icl", "anchor", "mcdi_functional_sibling", "mcdi_functional_prompted", "multitask_lora",
-                "nearest_task", "mean_of_zoo", "init", "per_task_reference"}  # fmt: skip
+                "nearest_task", "mean_of_zoo", "init", "per_task_reference", "mcdi_functional_fewshot",
+                "zero_fewshot"}  # fmt: skip
     assert set(record["per_task"]) == expected
     assert all(len(v) == 2 and all(0 <= a <= 1 for a in v) for v in record["per_task"].values())
     assert record["per_task"]["init"] == [0.5, 0.5]  # an all-zero head ties both classes: 1/2 per test word
@@ -101,7 +104,7 @@ def test_the_functional_controls_change_only_the_description_or_the_input(config
     own = McDiGenerator.from_pretrained(folder).generate(torch.stack([t.condition for t in tasks]), seed=0)
     scores = [float(t.evaluate({k: v[j] for k, v in own.items()})) for j, t in enumerate(tasks)]
     assert scores == record["per_task"]["mcdi_functional"]
-    controls = functional_controls(folder, tasks, config.temperature)
+    controls = functional_controls(folder, tasks, config.temperature, config.fewshot_steps, config.recorder.lr)
     assert {k: record["per_task"][k] for k in controls} == controls
 
 
