@@ -4,6 +4,7 @@ it, beside its Markdown table) written after every seed so that a stopped run ke
 
 from __future__ import annotations
 
+import itertools
 import json
 import platform
 import statistics
@@ -48,17 +49,13 @@ def refined(task: Task, params: Mapping[str, torch.Tensor], steps: int, lr: floa
     so the two differ only in where they start."""
     params = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
     optimizer = torch.optim.Adam(params.values(), lr=lr)
-    g, epoch, taken = torch.Generator().manual_seed(seed), 0, 0
+    g = torch.Generator().manual_seed(seed)
+    batches = (batch for epoch in itertools.count() for batch in task.train_batches(epoch, g))
     with torch.enable_grad():
-        while taken < steps:
-            for batch in task.train_batches(epoch, g):
-                optimizer.zero_grad()
-                task.loss(params, batch).backward()
-                optimizer.step()
-                taken += 1
-                if taken == steps:
-                    break
-            epoch += 1
+        for batch in itertools.islice(batches, steps):
+            optimizer.zero_grad()
+            task.loss(params, batch).backward()
+            optimizer.step()
     return {k: v.detach() for k, v in params.items()}
 
 

@@ -235,14 +235,14 @@ class LLMBenchConfig(DictConfigMixin):
                 functional_samples=self.functional_samples,
                 functional_input=self.functional_input,
             )
-            chain = ChainFinetuneConfig(
-                steps=self.functional_chain_steps,
-                last_steps=self.functional_chain_last_steps,
-                tasks_per_step=meta.meta_batch_size,
-                temperature=self.temperature,
-                seed=seed,
-            )
-            chain = chain if chain.steps else ChainFinetuneConfig()  # no fine-tuning: the default, out of the key
+            if self.functional_chain_steps:  # else the default config, which stays out of the run's key
+                chain = ChainFinetuneConfig(
+                    steps=self.functional_chain_steps,
+                    last_steps=self.functional_chain_last_steps,
+                    tasks_per_step=meta.meta_batch_size,
+                    temperature=self.temperature,
+                    seed=seed,
+                )
         prediction_type = self.functional_prediction_type if functional else self.prediction_type
         config = PipelineConfig(
             taskset=BASES[self.base]["taskset"],
@@ -465,8 +465,8 @@ def functional_controls(
     with torch.no_grad():
         own = generator.generate(conditions, seed=0, temperature=temperature)
         other = generator.generate(conditions[sibling_indices(conditions)], seed=0, temperature=temperature)
-    rows = {k: [] for k in ("mcdi_functional_sibling", "mcdi_functional_prompted", "mcdi_functional_fewshot")}
-    rows["zero_fewshot"] = []
+    rows = {k: [] for k in ("mcdi_functional_sibling", "mcdi_functional_prompted", "mcdi_functional_fewshot",
+                            "zero_fewshot")}  # fmt: skip
     for j, task in enumerate(tasks):
         mine = {k: v[j] for k, v in own.items()}
         rows["mcdi_functional_sibling"].append(float(task.evaluate({k: v[j] for k, v in other.items()})))

@@ -1,12 +1,13 @@
 """Functional fine-tuning through the sampling chain (SPEC §3.7; DRaFT, Clark et al. 2023, arXiv 2309.17400).
 
-The functional term of :mod:`peft_mcdi.meta.functional` scores the denoiser's clean estimate at one step of the
-*forward* process, from a noised zoo target. What a user receives is something else: the end of the *reverse* chain,
-started from noise, whose steps feed each other. After meta-training, this stage closes that gap: it runs the
-generator's own DDPM chain (all T steps) for a few training tasks, decodes x_0, scores it with the tasks' loss on a
-batch of their examples through the frozen base, and backpropagates through the last K denoiser calls only (the
-earlier ones run without a graph: DRaFT-K). K = 1 trains the last step to repair whatever the chain hands it; K = T
-trains the whole chain as one deep network. Only the denoiser changes, so the artefact is an ordinary generator.
+The functional term of :mod:`peft_mcdi.meta.functional` scores the denoiser's clean estimate of one step (from a noised
+zoo target, or the sampler's first step). What a user receives is something else: the end of the whole *reverse* chain,
+whose later steps, trained only to denoise zoo weights, can undo what the first one started. After meta-training, this
+stage closes that gap: it runs the generator's own DDPM chain (all T steps) for a few training tasks, decodes x_0,
+scores it with the tasks' loss on a batch of their examples through the frozen base, and backpropagates through the
+last K denoiser calls only (the earlier ones run without a graph: DRaFT-K). K = 1 trains the last step to repair
+whatever the chain hands it; K = T trains the whole chain as one deep network. Only the denoiser changes, so the
+artefact is an ordinary generator.
 """
 
 from __future__ import annotations

@@ -43,7 +43,7 @@ def draw_functional(
     """t uniform in 1..T (T itself for ``pure_noise``), ε, and the first batch of one shuffled epoch of ``task``'s
     training examples."""
     T = generator.scheduler.num_train_timesteps
-    timesteps = torch.randint(1, T + 1, (num_samples,), generator=rng)
+    timesteps = torch.randint(1, T + 1, (num_samples,), generator=rng)  # drawn either way: same ε and batch
     if pure_noise:
         timesteps = torch.full_like(timesteps, T)
     noise = torch.randn(num_samples, dim, generator=rng)
