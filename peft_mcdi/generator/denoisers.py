@@ -16,6 +16,7 @@ with random drops is what makes classifier-free guidance possible at sampling ti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -227,6 +228,10 @@ class _Denoiser(nn.Module):
         """Per-token additive embedding (token denoisers only); see :meth:`TokenSetDenoiser.token_bias`."""
         return None
 
+    def input_row_space(self, layout: TokenLayout | None, device: torch.device) -> list[tuple[int, RowSpace]] | None:
+        """Token denoisers only, see :meth:`TokenSetDenoiser.input_row_space`."""
+        return None
+
 
 class ResidualMLPDenoiser(_Denoiser):
     def __init__(self, config: DenoiserConfig, num_train_timesteps: int, sample_dim: int) -> None:
@@ -364,6 +369,7 @@ class TokenSetDenoiser(_Denoiser):
             self.condition_scale = nn.Parameter(torch.zeros(3, config.condition_dim))
             self.condition_sharpness = nn.Parameter(torch.ones(config.condition_dim))
         self._plans: dict = {}
+        self._row_space_key, self._row_spaces = None, {}
 
     def _plan(self, layout: TokenLayout, device: torch.device) -> tuple[list[_TypeGroup], torch.Tensor, bool]:
         """(groups, sequence order as layout token indices, whether every group is a slice). Cached per layout."""
@@ -421,6 +427,36 @@ class TokenSetDenoiser(_Denoiser):
             rows = rows.masked_fill(drop_condition.view(-1, 1, 1, 1), 0.0)
         return rows
 
+    def gather(self, sample: torch.Tensor, layout: TokenLayout) -> list[torch.Tensor]:
+        """sample (B, D) → per type group, its tokens (B, n_type, d_type): one slice or gather per type, never one
+        per token."""
+        groups, _, _ = self._plan(layout, sample.device)
+        B = sample.shape[0]
+        return [
+            sample[:, g.start : g.start + g.tokens.shape[0] * g.dim].view(B, -1, g.dim)
+            if g.start is not None
+            else sample[:, g.flat]
+            for g in groups
+        ]
+
+    def scatter(self, pieces: list[torch.Tensor], layout: TokenLayout) -> torch.Tensor:
+        """The inverse of :meth:`gather`: per type group (B, n_type, d_type) → (B, D)."""
+        groups, _, all_slices = self._plan(layout, pieces[0].device)
+        B = pieces[0].shape[0]
+        if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
+            ordered = sorted(zip(groups, pieces), key=lambda pair: pair[0].start)
+            return torch.cat([o.reshape(B, -1) for _, o in ordered], dim=1)
+        out = pieces[0].new_empty(B, sum(layout.dims))
+        for g, o in zip(groups, pieces):
+            out[:, g.flat] = o
+        return out
+
+    def trunk(self, h: torch.Tensor, mods) -> torch.Tensor:
+        """Token states (B, N, H), biases included, through the blocks and the output norm, in sequence order."""
+        for block, block_mods in zip(self.blocks, mods):
+            h = block(h, block_mods)
+        return self.norm_out(h)
+
     def denoise(self, sample, mods, token_bias, layout=None, skip=None, condition_rows=None) -> torch.Tensor:
         """sample (B, D) → ε-prediction (B, D), given :meth:`modulations`, :meth:`token_bias`,
         :meth:`skip_scale` (whose term ``skip·sample`` is added to the output) and :meth:`condition_rows`."""
@@ -428,21 +464,9 @@ class TokenSetDenoiser(_Denoiser):
             raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
         if sample.shape[-1] != sum(layout.dims):
             raise ValueError(f"sample has width {sample.shape[-1]}, the token layout covers {sum(layout.dims)}.")
-        groups, _, all_slices = self._plan(layout, sample.device)
-        B = sample.shape[0]
-        pieces = []
-        for g in groups:  # (B, n_type, d_type): one slice or gather per token type, never one per token
-            n = g.tokens.shape[0]
-            x = (
-                sample[:, g.start : g.start + n * g.dim].view(B, n, g.dim)
-                if g.start is not None
-                else sample[:, g.flat]
-            )
-            pieces.append(self.projections[g.name].encode(x))
-        h = torch.cat(pieces, dim=1) + token_bias  # (B, N, H), sequence order
-        for block, block_mods in zip(self.blocks, mods):
-            h = block(h, block_mods)
-        h = self.norm_out(h)
+        groups, _, _ = self._plan(layout, sample.device)
+        pieces = [self.projections[g.name].encode(x) for g, x in zip(groups, self.gather(sample, layout))]
+        h = self.trunk(torch.cat(pieces, dim=1) + token_bias, mods)  # (B, N, H), sequence order
         outs, offset = [], 0
         for g in groups:
             n = g.tokens.shape[0]
@@ -456,15 +480,54 @@ class TokenSetDenoiser(_Denoiser):
                 o = torch.cat([o[..., :C] + add, o[..., C:]], dim=-1)
             outs.append(o)
             offset += n
-        if all_slices:  # groups cover consecutive ranges: concatenating them in flat order is the output
-            ordered = sorted(zip(groups, outs), key=lambda pair: pair[0].start)
-            out = torch.cat([o.reshape(B, -1) for _, o in ordered], dim=1)
-        else:
-            out = sample.new_empty(sample.shape)
-            for g, o in zip(groups, outs):
-                out[:, g.flat] = o
+        out = self.scatter(outs, layout)
         # out of place: under the meta-trainer's vmap an in-place addcmul_ has no batching rule (a per-task loop)
         return out if skip is None else torch.addcmul(out, skip[:, None], sample)
+
+    def input_row_space(self, layout: TokenLayout, device: torch.device) -> list[tuple[int, RowSpace]] | None:
+        """Per type group of ``layout`` (sequence order), its number of tokens and the row space of its (affine)
+        token encoder, for chains that run there (:func:`~peft_mcdi.generator.sampling.sample`); None with
+        ``condition_skip``, whose output also depends on the condition. Cached until a parameter changes (an
+        optimiser step, a load)."""
+        if self.config.condition_skip:
+            return None
+        key = (str(device), tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        if self._row_space_key != key:
+            self._row_spaces = {name: RowSpace.of(proj, self.token_dims[name], device)
+                                for name, proj in self.projections.items()}  # fmt: skip
+            self._row_space_key = key
+        groups, _, _ = self._plan(layout, device)
+        return [(g.tokens.shape[0], self._row_spaces[g.name]) for g in groups]
+
+
+@dataclass(frozen=True)
+class RowSpace:
+    """A token type's encoder encode(x) = W x + b and decoder decode(h) = D h + d in an orthonormal basis U of W's
+    row space: the encoder sees x only through Uᵀx. Rows act on row vectors (tokens are rows): for coordinates
+    e = xU, encode = e @ ``encode`` + ``bias``, and Uᵀdecode(h) = h @ ``decode`` + ``offset``."""
+
+    basis: torch.Tensor  # U (d, k), k = min(d, hidden)
+    encode: torch.Tensor  # (k, H): (W U)ᵀ
+    bias: torch.Tensor  # (H,): b
+    decode: torch.Tensor  # (H, k): (Uᵀ D)ᵀ
+    offset: torch.Tensor  # (k,): Uᵀ d
+    decode_bias: torch.Tensor  # (d,): d
+    full_decode: Callable[[torch.Tensor], torch.Tensor]  # h (..., H) → decode(h) (..., d)
+
+    @classmethod
+    def of(cls, projection: nn.Module, dim: int, device: torch.device) -> RowSpace:
+        # W by reverse mode (hidden_dim backward passes, cheaper than encoding the d unit vectors), outside the
+        # sampler's inference mode; the parameters are ordinary tensors, so autograd can run through them.
+        with torch.inference_mode(False), torch.enable_grad():
+            zero = torch.zeros(dim, device=device)
+            W = torch.func.jacrev(projection.encode)(zero).detach()  # (H, d)
+            b = projection.encode(zero).detach()
+        with torch.no_grad():
+            U, _ = torch.linalg.qr(W.T)  # (d, k): orthonormal, spans W's row space (and more when W is deficient)
+            H = W.shape[0]
+            d = projection.decode(torch.zeros(1, H, device=device))[0]
+            D = projection.decode(torch.eye(H, device=device)) - d  # (H, d): row i = D e_i
+        return cls(U, (W @ U).T.contiguous(), b, (D @ U).contiguous(), d @ U, d, projection.decode)
 
 
 def build_denoiser(

@@ -176,8 +176,11 @@ class McDiGenerator(nn.Module):
         guidance_scale: float = 1.0,
         temperature: float = 1.0,
         return_chain: bool = False,
+        row_space: bool | None = None,
     ):
-        """Batch of conditions (B, C) [(B, N, C) for heads] → normalised weight vectors (B, D)."""
+        """Batch of conditions (B, C) [(B, N, C) for heads] → normalised weight vectors (B, D). ``row_space``: where
+        the chain runs (:func:`~peft_mcdi.generator.sampling.sample`; by default in the denoiser's input row space
+        when that is at most half the weights)."""
         condition = condition.to(self.device, torch.float32)
         seeds = [seed] * condition.shape[0] if isinstance(seed, int) else list(seed)
         num_rows = self.num_rows_of(condition)
@@ -193,6 +196,7 @@ class McDiGenerator(nn.Module):
             temperature=temperature,
             layout=self.layout(num_rows),
             return_chain=return_chain,
+            row_space=row_space,
         )
 
     def generate(self, condition: torch.Tensor, seed: int | list[int] = 0, **kwargs) -> dict[str, torch.Tensor]:
