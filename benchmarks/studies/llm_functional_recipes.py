@@ -39,7 +39,8 @@ SL = "single_level_functional"
 DDIM = {"sampler": "ddim"}
 # name → (variant, LLMBenchConfig overrides, what else): x̂₀-prediction and one functional sample per slot throughout.
 # "base": the recipe whose trained generator a row starts from; "sampler": evaluate it with these generate() keywords;
-# "chain": fine-tune it through the chain (steps, K); "t2l_steps": train t2l_sft beside it.
+# "chain": fine-tune it through the chain (steps, K); "t2l_steps": train t2l_sft beside it; "controls": also measure
+# the benchmark's controls on a trained row.
 RECIPES = {
     "noised_target_l1": (SL, {**RAW, "functional_weight": 1.0}, {}),
     "noised_target_l10_std": (SL, {**STD, "functional_weight": 10}, {}),
@@ -53,6 +54,13 @@ RECIPES = {
     "t2l_sft_600_std": (None, {}, {"base": "pure_noise_l10", "t2l_steps": 600}),
     # the budget of pure_noise_l10 + 300 chain steps: 600 + 300 steps of meta_batch_size base-model passes
     "t2l_sft_900_std": (None, {}, {"base": "pure_noise_l10", "t2l_steps": 900}),
+    # the benchmark's mcdi_functional: Reptile (the paper's meta-learning) with the term inside its inner loops, then
+    # the chain; its run also trains t2l_sft at the matched budget (2,100 steps), reported beside it
+    "reptile_pure_noise_l10_chain_k1": (
+        "mcdi_functional",
+        {**PURE, "functional_weight": 10.0, "functional_chain_steps": 300, "functional_chain_last_steps": 1},
+        {"controls": True},
+    ),
 }  # fmt: skip
 
 
@@ -83,10 +91,16 @@ def run_from_base(name: str, seed: int) -> dict:
     metric = dict(results["heldout_metric"])
     if "t2l_steps" in extra:
         metric["generated"] = metric.pop("hypernetwork_sft")  # the row is the one-pass network
-    else:  # the specificity, prompted and few-shot controls of the benchmark (SPEC §4), on this generator
-        controls = functional_controls(folder / "generator", list(build_tasksets(run).test), run.temperature, 5, 5e-3)
-        metric.update({k: sum(v) / len(v) for k, v in controls.items()})
+    else:
+        metric.update(controls(run))
     return {**metric, "meta_train_seconds": results["meta_train_seconds"]}
+
+
+def controls(run) -> dict:
+    """The specificity, prompted and few-shot controls of the benchmark (SPEC §4) on a run's generator."""
+    tasks = list(build_tasksets(run).test)
+    rows = functional_controls(Path(run.output_dir) / "generator", tasks, run.temperature, 5, 5e-3)
+    return {k: sum(v) / len(v) for k, v in rows.items()}
 
 
 @torch.no_grad()
@@ -127,6 +141,8 @@ def main() -> None:
             run = trained(name, args.seed)
             results = run_variant(run, build_tasksets(run), progress=True)
             row = {**results["heldout_metric"], "meta_train_seconds": results["meta_train_seconds"]}
+            if extra.get("controls"):
+                row.update(controls(run))
         record["held_out_accuracy"][name] = {
             "variant": variant,
             "overrides": overrides,

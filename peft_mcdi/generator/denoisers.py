@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import torch
 from torch import nn
@@ -265,6 +265,20 @@ class DenseProjection(nn.Module):
         nn.init.zeros_(self.decode.weight)
         nn.init.zeros_(self.decode.bias)
 
+    def frame(self) -> Frame:
+        """The token's own coordinates (see :class:`Frame`): a dense encoder may read every number."""
+        return Frame(nn.Identity(), nn.Identity(), self.encode.in_features)
+
+
+class Frame(NamedTuple):
+    """An orthonormal frame P (d × m) that holds the row space of a token encoder: ``to_frame`` x ↦ xP and
+    ``from_frame`` c ↦ cPᵀ, for row vectors. Row spaces are found and applied inside it, which costs less than in
+    the d coordinates when the encoder has structure (LoRA rank components)."""
+
+    to_frame: Callable[[torch.Tensor], torch.Tensor]
+    from_frame: Callable[[torch.Tensor], torch.Tensor]
+    width: int  # m
+
 
 class LoRAPairProjection(nn.Module):
     """A LoRA block [A (r, d_in), B (d_out, r)] read as r rank components (a_j, b_j).
@@ -285,6 +299,27 @@ class LoRAPairProjection(nn.Module):
         for lin in (self.out_a, self.out_b):
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+    @torch.no_grad()
+    def frame(self) -> Frame:
+        """Per rank component, orthonormal bases of ``in_a``'s and ``in_b``'s row spaces (d_in × width, d_out ×
+        width): the encoder reads a token only through them, r·2·width numbers instead of r·(d_in + d_out)."""
+        q_a, _ = torch.linalg.qr(self.in_a.weight.T)
+        q_b, _ = torch.linalg.qr(self.in_b.weight.T)
+        r, d_in, d_out, w_a = self.rank, self.d_in, self.d_out, q_a.shape[1]
+
+        def to_frame(x: torch.Tensor) -> torch.Tensor:
+            a = x[..., : r * d_in].unflatten(-1, (r, d_in)) @ q_a  # (..., r, w_a)
+            b = x[..., r * d_in :].unflatten(-1, (d_out, r)).transpose(-1, -2) @ q_b  # (..., r, w_b)
+            return torch.cat([a, b], dim=-1).flatten(-2)
+
+        def from_frame(c: torch.Tensor) -> torch.Tensor:
+            c = c.unflatten(-1, (r, -1))
+            a = c[..., :w_a] @ q_a.T  # (..., r, d_in)
+            b = (c[..., w_a:] @ q_b.T).transpose(-1, -2)  # (..., d_out, r)
+            return torch.cat([a.flatten(-2), b.flatten(-2)], dim=-1)
+
+        return Frame(to_frame, from_frame, r * (w_a + q_b.shape[1]))
 
     @staticmethod
     def matches(parts: list[list[int]]) -> bool:
@@ -493,8 +528,7 @@ class TokenSetDenoiser(_Denoiser):
             return None
         key = (str(device), tuple((p.data_ptr(), p._version) for p in self.parameters()))
         if self._row_space_key != key:
-            self._row_spaces = {name: RowSpace.of(proj, self.token_dims[name], device)
-                                for name, proj in self.projections.items()}  # fmt: skip
+            self._row_spaces = {name: RowSpace.of(proj, device) for name, proj in self.projections.items()}
             self._row_space_key = key
         groups, _, _ = self._plan(layout, device)
         return [(g.tokens.shape[0], self._row_spaces[g.name]) for g in groups]
@@ -502,11 +536,12 @@ class TokenSetDenoiser(_Denoiser):
 
 @dataclass(frozen=True)
 class RowSpace:
-    """A token type's encoder encode(x) = W x + b and decoder decode(h) = D h + d in an orthonormal basis U of W's
-    row space: the encoder sees x only through Uᵀx. Rows act on row vectors (tokens are rows): for coordinates
-    e = xU, encode = e @ ``encode`` + ``bias``, and Uᵀdecode(h) = h @ ``decode`` + ``offset``."""
+    """A token type's encoder encode(x) = W x + b and decoder decode(h) = D h + d in an orthonormal basis U = P V of
+    W's row space, P the projection's :class:`Frame`: the encoder sees x only through Uᵀx. Tokens are row vectors:
+    for coordinates e = xU, encode = e @ ``encode`` + ``bias``, and Uᵀdecode(h) = h @ ``decode`` + ``offset``."""
 
-    basis: torch.Tensor  # U (d, k), k = min(d, hidden)
+    frame: Frame
+    basis: torch.Tensor  # V (m, k), k = min(m, hidden)
     encode: torch.Tensor  # (k, H): (W U)ᵀ
     bias: torch.Tensor  # (H,): b
     decode: torch.Tensor  # (H, k): (Uᵀ D)ᵀ
@@ -514,20 +549,35 @@ class RowSpace:
     decode_bias: torch.Tensor  # (d,): d
     full_decode: Callable[[torch.Tensor], torch.Tensor]  # h (..., H) → decode(h) (..., d)
 
+    @property
+    def rank(self) -> int:
+        return self.basis.shape[1]
+
+    def coordinates(self, x: torch.Tensor) -> torch.Tensor:
+        """x (..., d) → xU (..., k)."""
+        return self.frame.to_frame(x) @ self.basis
+
+    def expand(self, e: torch.Tensor) -> torch.Tensor:
+        """Coordinates e (..., k) → eUᵀ (..., d)."""
+        return self.frame.from_frame(e @ self.basis.T)
+
     @classmethod
-    def of(cls, projection: nn.Module, dim: int, device: torch.device) -> RowSpace:
-        # W by reverse mode (hidden_dim backward passes, cheaper than encoding the d unit vectors), outside the
+    def of(cls, projection: nn.Module, device: torch.device) -> RowSpace:
+        # W P by reverse mode (hidden_dim backward passes, cheaper than encoding m unit vectors), outside the
         # sampler's inference mode; the parameters are ordinary tensors, so autograd can run through them.
+        with torch.inference_mode(False):
+            frame = projection.frame()  # its bases must be ordinary tensors too
         with torch.inference_mode(False), torch.enable_grad():
-            zero = torch.zeros(dim, device=device)
-            W = torch.func.jacrev(projection.encode)(zero).detach()  # (H, d)
-            b = projection.encode(zero).detach()
+            zero = torch.zeros(frame.width, device=device)
+            W = torch.func.jacrev(lambda c: projection.encode(frame.from_frame(c)))(zero).detach()  # (H, m)
+            b = projection.encode(frame.from_frame(zero)).detach()
         with torch.no_grad():
-            U, _ = torch.linalg.qr(W.T)  # (d, k): orthonormal, spans W's row space (and more when W is deficient)
+            V, _ = torch.linalg.qr(W.T)  # (m, k): orthonormal, spans W P's row space (more when it is deficient)
             H = W.shape[0]
             d = projection.decode(torch.zeros(1, H, device=device))[0]
-            D = projection.decode(torch.eye(H, device=device)) - d  # (H, d): row i = D e_i
-        return cls(U, (W @ U).T.contiguous(), b, (D @ U).contiguous(), d @ U, d, projection.decode)
+            D = frame.to_frame(projection.decode(torch.eye(H, device=device)) - d)  # (H, m): row i = PᵀD e_i
+            return cls(frame, V, (W @ V).T.contiguous(), b, (D @ V).contiguous(), frame.to_frame(d) @ V, d,
+                       projection.decode)  # fmt: skip
 
 
 def build_denoiser(

@@ -162,7 +162,7 @@ def sample(
             "row_space=True needs a token denoiser without condition_skip and return_chain=False (the chain's "
             "states are never formed in full)."
         )
-    if spaces is not None and (row_space or sum(n * space.basis.shape[1] for n, space in spaces) * 2 <= dim):
+    if spaces is not None and (row_space or sum(n * space.rank for n, space in spaces) * 2 <= dim):
         skips = None if skips is None else skips[:, 0].tolist()
         run = _RowSpaceChain(denoiser, layout, spaces, coefficients, skips, guidance_scale if guided else None)
         return run(mods, token_bias, generators, B, dim, temperature)
@@ -224,7 +224,7 @@ class _RowSpaceChain:
             later *= self.alphas[s]
         self.start_weight = later
         self.tokens = [n for n, _ in spaces]
-        self.sizes = [n * space.basis.shape[1] for n, space in spaces]
+        self.sizes = [n * space.rank for n, space in spaces]
 
     def split(self, flat: torch.Tensor) -> list[torch.Tensor]:
         """Row-space coordinates (B, K) → per group (B, n, k)."""
@@ -240,7 +240,7 @@ class _RowSpaceChain:
             null = _draw_aside(generators, torch.empty(B, dim, device=device))
             spread = self.start_weight**2 + sum(self.noise_weights[s] ** 2 for s in draws)
         else:
-            e = [torch.zeros(B, n, space.basis.shape[1], device=device) for n, space in self.spaces]
+            e = [torch.zeros(B, n, space.rank, device=device) for n, space in self.spaces]
             step_noise, null, spread = {}, None, 0.0
         h_sum = None
         for s, (alpha, beta, sigma) in enumerate(zip(self.alphas, self.betas, self.sigmas)):
@@ -267,6 +267,6 @@ class _RowSpaceChain:
             coords = torch.addmm(space.offset * total, h_g.flatten(0, 1), space.decode).view_as(e_g)
             if null is not None:
                 y.add_(null[j], alpha=null_scale)
-                coords.add_(null[j] @ space.basis, alpha=null_scale)
-            pieces.append(y.add_((e_g - coords) @ space.basis.T))
+                coords.add_(space.coordinates(null[j]), alpha=null_scale)
+            pieces.append(y.add_(space.expand(e_g - coords)))
         return self.denoiser.scatter(pieces, self.layout)

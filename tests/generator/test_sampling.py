@@ -50,12 +50,15 @@ def test_ddpm_chain_equals_the_step_by_step_reference(kind, intra_op_threads):
 
 
 def narrow_lora_generator() -> McDiGenerator:
-    """A LoRA generator whose tokens (20 numbers) are wider than its hidden state (8): a proper row space."""
+    """A LoRA generator whose tokens (20 numbers) are read through a frame of 2 × (3 + 3) numbers (rank 2, width 3)
+    and a hidden state of 8: a proper row space inside a proper frame."""
     torch.manual_seed(0)
     gen = McDiGenerator(
         GeneratorConfig(
             codec={"shapes": lora_shapes()},
-            denoiser=DenoiserConfig(type="tokens", condition_dim=4, hidden_dim=8, num_layers=2, num_heads=2),
+            denoiser=DenoiserConfig(
+                type="tokens", condition_dim=4, hidden_dim=8, num_layers=2, num_heads=2, lora_factor_dim=3
+            ),
         ),
         SchedulerConfig(num_train_timesteps=10, num_segments=2),
     )
@@ -85,7 +88,7 @@ def spread_in_and_out_of_the_row_space(gen: McDiGenerator, x: torch.Tensor) -> t
     layout = gen.layout(None)
     totals = torch.zeros(2)
     for piece, (_, space) in zip(gen.denoiser.gather(x, layout), gen.denoiser.input_row_space(layout, x.device)):
-        inside = piece @ space.basis @ space.basis.T
+        inside = space.expand(space.coordinates(piece))
         for j, part in enumerate((inside, piece - inside)):
             totals[j] += (part - part.mean(0)).pow(2).sum() / x.shape[0]
     return totals
