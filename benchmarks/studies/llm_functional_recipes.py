@@ -61,6 +61,14 @@ RECIPES = {
         {**PURE, "functional_weight": 10.0, "functional_chain_steps": 300, "functional_chain_last_steps": 1},
         {"controls": True},
     ),
+    # the same single-level recipe with a one-block trunk: what halving the denoiser's depth costs in accuracy (the
+    # trunk is ~75 % of a SmolLM2 adapter's generation time, benchmarks/results/engine.md)
+    "one_block_pure_noise_l10_chain_k1": (
+        SL,
+        {**PURE, "functional_weight": 10, "functional_chain_steps": 300, "functional_chain_last_steps": 1,
+         "denoiser": {"num_layers": 1}},
+        {"controls": True},
+    ),
 }  # fmt: skip
 
 
