@@ -136,7 +136,7 @@ def _status_kb(field: str) -> int:
 def memory_in_subprocess(case: str, method: str, device: str) -> float:
     """Each memory probe runs in a fresh process so that earlier cases cannot hide its peak."""
     out = subprocess.run(
-        [sys.executable, __file__, "--probe", case, method, "--device", device],
+        [sys.executable, __file__, "--probe", case, method, "--device", device, "--layers", str(LAYERS)],
         capture_output=True,
         text=True,
         check=True,
@@ -290,13 +290,16 @@ def markdown(record: dict) -> str:
 
 
 def main() -> None:
+    global LAYERS  # --layers sets the depth every case is built with (build() reads it)
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--meta-steps", type=int, default=10)
     parser.add_argument("--out", default=str(RESULTS / "engine"))
+    parser.add_argument("--layers", type=int, default=LAYERS, help="denoiser blocks (the trunk's depth)")
     parser.add_argument("--probe", nargs=2, metavar=("CASE", "METHOD"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    LAYERS = args.layers
     if args.probe:
         print(probe_memory(*args.probe, args.device))
         return
