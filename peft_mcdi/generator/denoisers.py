@@ -522,11 +522,11 @@ class TokenSetDenoiser(_Denoiser):
     def input_row_space(self, layout: TokenLayout, device: torch.device) -> list[tuple[int, RowSpace]] | None:
         """Per type group of ``layout`` (sequence order), its number of tokens and the row space of its (affine)
         token encoder, for chains that run there (:func:`~peft_mcdi.generator.sampling.sample`); None with
-        ``condition_skip``, whose output also depends on the condition. Cached until a parameter changes (an
-        optimiser step, a load)."""
+        ``condition_skip``, whose output also depends on the condition. Cached until a projection's parameter
+        changes (an optimiser step, a load): the row spaces depend on nothing else."""
         if self.config.condition_skip:
             return None
-        key = (str(device), tuple((p.data_ptr(), p._version) for p in self.parameters()))
+        key = (str(device), tuple((p.data_ptr(), p._version) for p in self.projections.parameters()))
         if self._row_space_key != key:
             self._row_spaces = {name: RowSpace.of(proj, device) for name, proj in self.projections.items()}
             self._row_space_key = key
@@ -565,9 +565,8 @@ class RowSpace:
     def of(cls, projection: nn.Module, device: torch.device) -> RowSpace:
         # W P by reverse mode (hidden_dim backward passes, cheaper than encoding m unit vectors), outside the
         # sampler's inference mode; the parameters are ordinary tensors, so autograd can run through them.
-        with torch.inference_mode(False):
-            frame = projection.frame()  # its bases must be ordinary tensors too
         with torch.inference_mode(False), torch.enable_grad():
+            frame = projection.frame()  # no_grad inside; its bases must be ordinary tensors too
             zero = torch.zeros(frame.width, device=device)
             W = torch.func.jacrev(lambda c: projection.encode(frame.from_frame(c)))(zero).detach()  # (H, m)
             b = projection.encode(frame.from_frame(zero)).detach()
