@@ -27,21 +27,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from benchmarks.studies.llm_recipes import CONDITION_EFFECT_NOTE, STANDARDIZE, condition_effect  # noqa: E402
 from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
-from peft_mcdi.evaluation.llm import GENERATOR_VARIANTS, LLMBenchConfig, run_variant  # noqa: E402
+from peft_mcdi.evaluation.llm import LLMBenchConfig, run_variant  # noqa: E402
 from peft_mcdi.generator.model import McDiGenerator  # noqa: E402
 from peft_mcdi.pipeline import build_generator, build_tasksets, prepare_zoo  # noqa: E402
 from peft_mcdi.utils import atomic_write_text, merged  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
+WEIGHT_SPACE_VARIANTS = ("mcdi", "mvdi", "single_level")  # the generators fitted to the zoo's weights
 SAMPLE = {"prediction_type": "sample"}
 LONG = {"meta": {"num_outer_steps": 2400, "outer_lr": 3e-3}}
 # name → (override of the benchmark configuration, generator variants trained with it)
 RECIPES = {
-    "ε-prediction, raw conditions (benchmark)": ({}, GENERATOR_VARIANTS),
-    "ε-prediction, standardised conditions": (STANDARDIZE, GENERATOR_VARIANTS),
-    "x̂₀-prediction, raw conditions": (SAMPLE, GENERATOR_VARIANTS),
-    "x̂₀-prediction, standardised conditions": (merged(STANDARDIZE, SAMPLE), GENERATOR_VARIANTS),
+    "ε-prediction, raw conditions (benchmark)": ({}, WEIGHT_SPACE_VARIANTS),
+    "ε-prediction, standardised conditions": (STANDARDIZE, WEIGHT_SPACE_VARIANTS),
+    "x̂₀-prediction, raw conditions": (SAMPLE, WEIGHT_SPACE_VARIANTS),
+    "x̂₀-prediction, standardised conditions": (merged(STANDARDIZE, SAMPLE), WEIGHT_SPACE_VARIANTS),
     "x̂₀, standardised, 4× meta-training at 3× outer lr": (merged(merged(STANDARDIZE, SAMPLE), LONG), ("mcdi",)),
 }
 TEMPERATURES = (1.0, 0.5, 0.0)

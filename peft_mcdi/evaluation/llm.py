@@ -63,7 +63,7 @@ BASES = {
         },
     },
 }
-GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level", "mcdi_functional")
+GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level", "mcdi_functional", "single_level_functional")
 ICL_SHOTS = 3  # labelled examples in context for prompted_base_icl (SPEC §4)
 FUNCTIONAL = "_functional"  # a variant name's suffix: that recipe trained with the functional term of SPEC §3.7
 
