@@ -3,9 +3,10 @@ and the distance of generated weights to their nearest zoo checkpoint."""
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -28,6 +29,31 @@ def nearest_task_indices(train_conditions: torch.Tensor, query_conditions: torch
 def nearest_checkpoint_distance(vectors: torch.Tensor, zoo_vectors: torch.Tensor) -> torch.Tensor:
     """Per generated vector (B, D), the L2 distance (codec space) to the closest zoo checkpoint (M, D)."""
     return torch.cdist(vectors.float(), zoo_vectors.float()).min(dim=1).values
+
+
+METRIC_SCRIPTS = Path(__file__).with_name("metric_scripts")
+
+
+@functools.cache
+def load_metric(name: str):
+    """An ``evaluate`` metric from the scripts kept in this package (``metric_scripts/<name>``): loading by name
+    fetches the script from the Hub, which offline machines cannot reach."""
+    import evaluate
+
+    folder = METRIC_SCRIPTS / name
+    if not (folder / f"{name}.py").is_file():
+        known = sorted(p.name for p in METRIC_SCRIPTS.iterdir() if p.is_dir())
+        raise ValueError(f"no metric script {name!r} in {METRIC_SCRIPTS}; available: {known}.")
+    return evaluate.load(str(folder))
+
+
+def exact_match(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Fraction of generated answers equal to their references (surrounding whitespace ignored), via ``evaluate``."""
+    if len(predictions) != len(references):
+        raise ValueError(f"got {len(predictions)} predictions for {len(references)} references.")
+    return load_metric("exact_match").compute(predictions=list(predictions), references=list(references))[
+        "exact_match"
+    ]
 
 
 def median_ms(fn: Callable[[], object], repeats: int = 20, warmup: int = 3) -> float:

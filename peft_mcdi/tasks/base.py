@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -115,10 +115,12 @@ def accuracy(
 
 @dataclass
 class TaskSets:
-    """Task-level splits. ``test`` tasks must never feed the generator's training (SPEC §4)."""
+    """Task-level splits. ``test`` tasks must never feed the generator's training (SPEC §4); ``extra`` holds further
+    held-out splits reported under their own names (e.g. tasks of a type no training task has)."""
 
     train: TaskSet
     test: TaskSet
+    extra: dict[str, TaskSet] = field(default_factory=dict)
 
 
 _REGISTRY: dict[str, Callable[..., TaskSets]] = {}

@@ -134,7 +134,7 @@ class SharedLoRAModel:
         def pad(key: str, value: torch.Tensor) -> torch.Tensor:
             if value.dim() < 2:  # labels
                 return value
-            fill = self.tokenizer.pad_token_id if key == "input_ids" else 0
+            fill = {"input_ids": self.tokenizer.pad_token_id, "labels": -100}.get(key, 0)
             width = (length - value.shape[1], 0) if left else (0, length - value.shape[1])
             return F.pad(value, width, value=fill)
 
@@ -145,7 +145,7 @@ class SharedLoRAModel:
     def grouped_loss(self, params: dict[str, torch.Tensor], batches: list[dict[str, torch.Tensor]]) -> torch.Tensor:
         """(G,) task loss of adapter ``params[g]`` on ``batches[g]``, all in one forward pass through the base."""
         batch, groups = self.concatenate(batches)
-        rows = F.cross_entropy(self.logits(params, batch, groups), self.targets(batch), reduction="none")
+        rows = self.row_losses(params, batch, groups)
         total = torch.zeros(len(batches), dtype=rows.dtype).index_add(0, groups, rows)
         return total / torch.bincount(groups, minlength=len(batches))
 
@@ -156,8 +156,12 @@ class SharedLoRAModel:
     def targets(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return batch["labels"]
 
+    def row_losses(self, params, batch, groups: torch.Tensor | None = None) -> torch.Tensor:
+        """(B,) task loss of each example (row i with adapter ``groups[i]`` when given)."""
+        return F.cross_entropy(self.logits(params, batch, groups), self.targets(batch), reduction="none")
+
     def loss(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.cross_entropy(self.logits(params, batch), self.targets(batch))
+        return self.row_losses(params, batch).mean()
 
     def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, 2) class scores; the prediction is their argmax (ties split: :func:`~peft_mcdi.tasks.base.accuracy`)."""
@@ -187,13 +191,13 @@ class SharedLoRAModel:
         return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
 
 
-class SharedCausalLoRAModel(SharedLoRAModel):
-    """A causal-LM ``PeftModel`` scored by the log-likelihood of the label words: the loss is −log p(label word)
-    over the whole vocabulary at the answer position, the prediction the likelier of " no" / " yes". θ₀ (B = 0) is
-    exactly the base model."""
+class CausalTemplateModel(SharedLoRAModel):
+    """A causal-LM ``PeftModel`` whose input is the example in a text template, left-padded so that every row's
+    answer starts after its last position. θ₀ (B = 0) is exactly the base model. Subclasses say what the answer is:
+    a label word (:class:`SharedCausalLoRAModel`) or generated text
+    (:class:`~peft_mcdi.tasks.text_generation.SharedGenerativeLoRAModel`)."""
 
     TEMPLATE = "Word: {word}\nAnswer:"
-    LABEL_WORDS = (" no", " yes")
 
     def __init__(
         self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None
@@ -202,10 +206,6 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         self.template = template or self.TEMPLATE
         if "{word}" not in self.template:
             raise ValueError(f"template must contain '{{word}}' (where the example goes), got {self.template!r}.")
-        ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.LABEL_WORDS]
-        if any(len(i) != 1 for i in ids):
-            raise ValueError(f"label words {self.LABEL_WORDS} must be single tokens for this tokenizer, got {ids}.")
-        self.label_ids = torch.tensor([i[0] for i in ids])
         self.tokenizer.padding_side = "left"  # every answer is read at the last position
         self.tokenizer.truncation_side = "left"  # a long example loses its start, never the answer position
         if self.tokenizer.pad_token is None:
@@ -227,6 +227,22 @@ class SharedCausalLoRAModel(SharedLoRAModel):
         else:  # not truncated: the answer position is the prompt's last token
             enc = self.tokenizer([f"{d}\n{t}" for d, t in zip(descriptions, texts)], padding=True, return_tensors="pt")
         return self._with_positions(enc)
+
+
+class SharedCausalLoRAModel(CausalTemplateModel):
+    """A causal LM scored by the log-likelihood of the label words: the loss is −log p(label word) over the whole
+    vocabulary at the answer position, the prediction the likelier of " no" / " yes"."""
+
+    LABEL_WORDS = (" no", " yes")
+
+    def __init__(
+        self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None
+    ) -> None:
+        super().__init__(peft_model, tokenizer, init_seed, max_length, template)
+        ids = [tokenizer(w, add_special_tokens=False)["input_ids"] for w in self.LABEL_WORDS]
+        if any(len(i) != 1 for i in ids):
+            raise ValueError(f"label words {self.LABEL_WORDS} must be single tokens for this tokenizer, got {ids}.")
+        self.label_ids = torch.tensor([i[0] for i in ids])
 
     def batch(self, pairs: list[tuple[str, int]], descriptions: list[str] | None = None) -> dict[str, torch.Tensor]:
         enc = self.encode([w for w, _ in pairs], descriptions)
@@ -411,18 +427,26 @@ def shared_model(peft_model, tokenizer, init_seed: int = 0, **kwargs) -> SharedL
     return cls(peft_model, tokenizer, init_seed=init_seed, **kwargs)
 
 
-def text_tasksets(shared: SharedLoRAModel, concepts: dict[str, list[ConceptTask]], batch_size: int, name: str):
-    """Train/test ``TaskSets`` of ``ConceptTask``s on one shared model; conditions are MiniLM sentence embeddings
-    of the descriptions."""
+def text_tasksets(
+    shared: SharedLoRAModel,
+    tasks: dict[str, list],
+    batch_size: int,
+    name: str,
+    task_class: type[ConceptLoRATask] | None = None,
+) -> TaskSets:
+    """Train/test ``TaskSets`` of one shared model's tasks (``task_class``, by default :class:`ConceptLoRATask`),
+    splits other than train and test as ``TaskSets.extra``; conditions are MiniLM sentence embeddings of the
+    descriptions."""
     from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
 
+    task_class = task_class or ConceptLoRATask
     encoder = TextEncoder(DEFAULT_TEXT_ENCODER)
     splits = {}
-    for split, items in concepts.items():
+    for split, items in tasks.items():
         conditions = encoder.encode([t.description for t in items])
-        tasks = [ConceptLoRATask(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
-        splits[split] = TaskSet(tasks, f"{name}/{split}")
-    return TaskSets(splits["train"], splits["test"])
+        made = [task_class(t, shared, c, batch_size=batch_size) for t, c in zip(items, conditions)]
+        splits[split] = TaskSet(made, f"{name}/{split}")
+    return TaskSets(splits.pop("train"), splits.pop("test"), extra=splits)
 
 
 def _wordnet_tasksets(

@@ -120,13 +120,19 @@ class ConceptTask:
         )
 
 
-def noun_frequencies() -> dict[str, int]:
-    """SemCor tag count of every noun lemma (summed over its senses), read from WordNet's ``cntlist.rev``."""
+SENSE_TYPES = {"noun": ("1",), "verb": ("2",), "adj": ("3", "5"), "adv": ("4",)}  # adj: head and satellite
+
+
+def lemma_frequencies(pos: str = "noun") -> dict[str, int]:
+    """SemCor tag count of every lemma of part of speech ``pos`` (summed over its senses), read from WordNet's
+    ``cntlist.rev``: how familiar a word is."""
+    if pos not in SENSE_TYPES:
+        raise ValueError(f"pos must be one of {sorted(SENSE_TYPES)}, got {pos!r}.")
     counts: dict[str, int] = {}
     for line in (WORDNET_DIR / "cntlist.rev").read_text(encoding="utf-8").splitlines():
         key, _, count = line.split()
         lemma, sense = key.split("%", 1)
-        if sense.startswith("1:"):  # 1 = noun
+        if sense.startswith(SENSE_TYPES[pos]):
             counts[lemma.lower()] = counts.get(lemma.lower(), 0) + int(count)
     return counts
 
@@ -194,7 +200,7 @@ def _categories_and_pools(min_hyponyms: int, max_hyponyms: int, match_frequency:
         if min_hyponyms <= len(members) <= max_hyponyms:
             categories[synset.name()] = frozenset(members)
     all_nouns = sorted(_single_word_lemmas(wn.all_synsets("n")))
-    counts = noun_frequencies() if match_frequency else {}
+    counts = lemma_frequencies("noun") if match_frequency else {}
     band = {word: frequency_band(counts.get(word, 0)) for word in all_nouns}
     pools: dict[tuple[int, int], list[str]] = {}
     for word in all_nouns:

@@ -53,9 +53,9 @@ def test_tasks_are_deterministic_and_cached(tasks):
 def test_negatives_match_the_positives_frequency_bands_and_lengths(tasks):
     from collections import Counter
 
-    from peft_mcdi.tasks.wordnet import frequency_band, noun_frequencies
+    from peft_mcdi.tasks.wordnet import frequency_band, lemma_frequencies
 
-    counts = noun_frequencies()
+    counts = lemma_frequencies("noun")
     assert counts["dog"] > 10 and frequency_band(0) == 0 and frequency_band(1) == 1 and frequency_band(10**6) == 5
     for task in tasks["train"][:5] + tasks["test"]:
         pairs = task.train + task.val + task.test

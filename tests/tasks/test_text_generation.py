@@ -1,0 +1,123 @@
+"""Generative tasks on a causal LM: answer-token loss, greedy decoding with per-row adapters, exact match."""
+
+import pytest
+import torch
+
+from peft_mcdi.evaluation.metrics import exact_match, load_metric
+from peft_mcdi.tasks.text_generation import SharedGenerativeLoRAModel, WordFormLoRATask
+from peft_mcdi.tasks.text_lora import build_peft_model
+from peft_mcdi.tasks.wordforms import WordFormTask
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_llama_dir):
+    model, tokenizer = build_peft_model(tiny_llama_dir, r=2, target_modules=["q_proj", "v_proj"])
+    return SharedGenerativeLoRAModel(model, tokenizer)
+
+
+PAIRS = [("cat", "[cats]"), ("box", "[boxes]"), ("city", "[cities]"), ("hippopotamus", "[hippopotamuses]")]
+
+
+def plural_task(shared) -> WordFormLoRATask:
+    spec = WordFormTask("test-plural-brackets", "plural", "brackets", "Write the plural, in brackets.", [], PAIRS,
+                        [], PAIRS)  # fmt: skip
+    return WordFormLoRATask(spec, shared, torch.zeros(384), batch_size=2)
+
+
+def random_adapters(shared, count: int, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(count, *v.shape, generator=g) * 0.5 for k, v in shared.theta0.items()}
+
+
+def test_batch_labels_the_answer_tokens_only(tiny):
+    batch = tiny.batch(PAIRS)
+    tok = tiny.tokenizer
+    for i, (word, answer) in enumerate(PAIRS):
+        row = batch["input_ids"][i][batch["attention_mask"][i].bool()]
+        assert tok.decode(row) == f"Word: {word}\nAnswer: {answer}\n"
+        labelled = batch["labels"][i][batch["labels"][i] != -100]
+        assert tok.decode(labelled) == f" {answer}\n" and torch.equal(labelled, row[-len(labelled) :])
+    prompted = tiny.batch(PAIRS[:1], ["Write the plural."])
+    assert tok.decode(prompted["input_ids"][0]) == "Write the plural.\nWord: cat\nAnswer: [cats]\n"
+
+
+def test_loss_is_the_mean_log_likelihood_of_the_answer(tiny):
+    """The answer-span logits (``logits_to_keep``) give the loss a full forward pass gives."""
+    params = {k: v[0] for k, v in random_adapters(tiny, 1, 0).items()}
+    batch = tiny.batch(PAIRS)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        logits = tiny.forward(params, inputs).logits[:, :-1]
+        tokens = torch.nn.functional.cross_entropy(logits.transpose(1, 2), batch["labels"][:, 1:], reduction="none")
+        answer = batch["labels"][:, 1:] != -100
+        expected = ((tokens * answer).sum(1) / answer.sum(1)).mean()
+        torch.testing.assert_close(tiny.loss(params, batch), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_grouped_loss_is_each_adapters_own_loss(tiny):
+    task = plural_task(tiny)
+    batches = [tiny.batch(PAIRS[:1]), tiny.batch(PAIRS[1:4]), tiny.batch(PAIRS[2:3])]
+    params = {k: v.requires_grad_() for k, v in random_adapters(tiny, 3, 1).items()}
+    grouped = WordFormLoRATask.grouped_loss([task] * 3, params, batches)
+    alone = torch.stack([task.loss({k: v[g] for k, v in params.items()}, b) for g, b in enumerate(batches)])
+    torch.testing.assert_close(grouped, alone, atol=1e-5, rtol=1e-4)
+    grads = torch.autograd.grad(grouped[1], list(params.values()))
+    assert all(g[[0, 2]].abs().sum() == 0 and g[1].abs().sum() > 0 for g in grads)
+
+
+def test_greedy_decoding_matches_stepwise_argmax_and_per_row_adapters(tiny):
+    """The cached decoding writes what re-running the whole prefix writes; θ₀ writes what the base model writes;
+    adapters chosen per row write what each writes alone."""
+    prompts = tiny.prompt_texts(["cat", "hippopotamus"])
+    adapters = random_adapters(tiny, 2, 2)
+    first = {k: v[0] for k, v in adapters.items()}
+    written = tiny.generate(first, prompts, 5)
+    for prompt, text in zip(prompts, written):
+        ids = tiny.tokenizer(prompt, return_tensors="pt")["input_ids"]
+        out = []
+        with torch.no_grad():
+            for _ in range(5):
+                step = tiny.forward(first, {"input_ids": ids}).logits[:, -1].argmax(-1, keepdim=True)
+                ids = torch.cat([ids, step], 1)
+                out.append(step)
+        expected = tiny.tokenizer.decode(torch.cat(out, 1)[0]).split("\n")[0].strip()
+        assert text == expected
+    assert tiny.generate(tiny.theta0, prompts, 5) == tiny.generate(None, prompts, 5)
+    rows = tiny.generate(adapters, prompts, 5, groups=torch.tensor([1, 0]))
+    assert rows == [tiny.generate({k: v[1] for k, v in adapters.items()}, prompts[:1], 5)[0], written[1]]
+
+
+def test_evaluate_scores_exact_matches(tiny, monkeypatch):
+    task = plural_task(tiny)
+    answers = ["[cats]", "[boxs]", " [cities] ", "[hippopotamuses]"]
+    monkeypatch.setattr(tiny, "generate", lambda params, prompts, budget, groups=None: answers[: len(prompts)])
+    assert float(task.evaluate(tiny.theta0)) == 0.75
+    stacked = {k: torch.stack([v, v]) for k, v in tiny.theta0.items()}
+    assert task.evaluate(stacked).tolist() == [0.75, 0.75]
+    with pytest.raises(NotImplementedError, match="ROC AUC is for choice tasks"):
+        task.roc_auc(tiny.theta0)
+
+
+def test_prompted_base_reads_description_examples_then_the_word(tiny, monkeypatch):
+    seen = []
+    monkeypatch.setattr(tiny, "generate", lambda params, prompts, budget, groups=None: seen.append(
+        (params, prompts, budget)) or ["x"] * len(prompts))  # fmt: skip
+    task = plural_task(tiny)
+    assert task.zero_shot_accuracy(shots=2) == 0.0
+    params, prompts, budget = seen[0]
+    assert params is None and budget == max(len(i) for i in tiny.answer_ids([a for _, a in PAIRS])) + 2
+    assert prompts[0] == "Write the plural, in brackets.\nWord: cat\nAnswer: [cats]\nWord: box\nAnswer: [boxes]\n" \
+        "Word: cat\nAnswer:"  # fmt: skip
+    task.prompted_accuracy(tiny.theta0)
+    assert seen[1][1][1] == "Write the plural, in brackets.\nWord: box\nAnswer:"
+
+
+def test_exact_match_metric_runs_offline_from_the_package():
+    assert exact_match(["[cats]", " dogs\n", "Dog"], ["[cats]", "dogs", "dog"]) == pytest.approx(2 / 3)
+    assert load_metric("exact_match").compute(predictions=["Dog"], references=["dog"], ignore_case=True) == {
+        "exact_match": 1.0
+    }
+    with pytest.raises(ValueError, match="2 predictions for 1 references"):
+        exact_match(["a", "b"], ["a"])
+    with pytest.raises(ValueError, match="no metric script 'bleu'.*available: \\['exact_match'\\]"):
+        load_metric("bleu")
