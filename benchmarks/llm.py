@@ -3,7 +3,7 @@ multi-task LoRA, the prompted base model, a Text-to-LoRA-style hypernetwork, Mv-
 memorisation checks, on the same held-out WordNet categories (issue 5).
 
     python benchmarks/llm.py --base minilm --seeds 0 1 2      # 300 training + 40 held-out categories, MiniLM-L6
-    python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 40 + 8 categories, SmolLM2-135M as a causal LM
+    python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 48 + 12 word-form tasks written by SmolLM2-135M
     python benchmarks/llm.py --base minilm --quick            # minutes: a small zoo and short budgets
     python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
 
@@ -30,7 +30,8 @@ from peft_mcdi.utils import merged  # noqa: E402
 RESULTS = Path(__file__).with_name("results")
 TITLES = {
     "minilm": "LLM adaptation: WordNet categories on all-MiniLM-L6-v2 (LoRA q/v r 4 + 2-way head)",
-    "smollm2": "LLM adaptation: WordNet categories on SmolLM2-135M-Instruct (LoRA q/v r 8, label words)",
+    "smollm2": "LLM adaptation: word forms written by SmolLM2-135M-Instruct (LoRA q/v r 8, exact match)",
+    "smollm2_wordnet": "LLM adaptation: WordNet categories on SmolLM2-135M-Instruct (LoRA q/v r 8, label words)",
 }
 # Small enough to finish in minutes on 2 CPU cores; the same code paths as the full run.
 QUICK = {

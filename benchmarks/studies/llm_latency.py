@@ -62,7 +62,7 @@ def main() -> None:
     models = {}
     for name, sampling in SAMPLERS.items():
         models[name], _ = build_peft_model(
-            args.base, spec["r"], spec["target_modules"], args.seed, generator_name_or_path=str(generator_dir),
+            spec["model"], spec["r"], spec["target_modules"], args.seed, generator_name_or_path=str(generator_dir),
             **sampling,
         )  # fmt: skip
         models[name].adapt(task.concept.description, adapter_names="default", seed=0)  # loads the encoder

@@ -70,7 +70,9 @@ def summarize(records: Sequence[Mapping]) -> dict:
         # records written before the recorder's optimizer became configurable were all Adam
         "finetune_optimizer": records[0]["finetune"].get("optimizer", "adam"),
         "steps_to_match": {m: [r["steps_to_match"][m] for r in records] for m in methods},
-        "roc_auc": {m: mean_std([statistics.fmean(r["roc_auc"][m]) for r in records]) for m in records[0]["roc_auc"]},
+        "roc_auc": {
+            m: mean_std([statistics.fmean(r["roc_auc"][m]) for r in records]) for m in records[0].get("roc_auc", {})
+        },
         "with_adapter_best_of_8": mean_std([statistics.fmean(u["best_of_8"]) for u in user]),
         "adapt_ms_median": {
             part: statistics.median(u["adapt_ms_median"][part] for u in user) for part in ("encoder", "generator")
@@ -120,12 +122,13 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
         f"| Mc-Di, best of 8 samples on 32 validation examples | {percent(summary['with_adapter_best_of_8'])} | |"
     )
     auc = summary["roc_auc"]
-    lines += [
-        "",
-        f"Ranking quality, threshold-free (ROC AUC of the yes − no margin, %): Mc-Di {percent(auc['mcdi'])}, per-task "
-        f"reference {percent(auc['per_task_reference'])}. An accuracy near 50 with an AUC well above 50 is a "
-        "miscalibrated adapter (one class for every word); an AUC near 50 carries no signal.",
-    ]
+    if auc:  # choice tasks only: written answers have no margin to rank by
+        lines += [
+            "",
+            f"Ranking quality, threshold-free (ROC AUC of the yes − no margin, %): Mc-Di {percent(auc['mcdi'])}, "
+            f"per-task reference {percent(auc['per_task_reference'])}. An accuracy near 50 with an AUC well above 50 "
+            "is a miscalibrated adapter (one class for every word); an AUC near 50 carries no signal.",
+        ]
     optimizer = BASE_OPTIMIZERS[summary["finetune_optimizer"]][0].__name__  # "Adam", "SGD"
     lines += [
         "",

@@ -145,6 +145,29 @@ class WordFormLoRATask(ConceptLoRATask):
         return self.shared.exact_match(params, self.concept.test, description or self.concept.description)
 
 
+def wordform_tasksets(
+    base: str,
+    num_train_tasks: int,
+    num_test_tasks: int,
+    r: int,
+    target_modules,
+    seed: int,
+    examples_per_task: int,
+    load_in_4bit: bool = False,
+    **family,
+):
+    """Word-form tasks (:func:`~peft_mcdi.tasks.wordforms.build_wordform_tasks`) on the causal LM ``base``
+    (``build_peft_model``'s name) with a generated LoRA; ``family`` holds further :class:`WordFormTaskConfig`
+    fields. Two batches per epoch; the unseen-type tasks are ``TaskSets.extra["test_unseen_type"]``."""
+    peft_model, tokenizer = build_peft_model(base, r, target_modules, seed, load_in_4bit=load_in_4bit)
+    config = WordFormTaskConfig(
+        num_heldout=num_test_tasks, max_train=num_train_tasks, num_train=examples_per_task, seed=seed, **family
+    )
+    shared = SharedGenerativeLoRAModel(peft_model, tokenizer, init_seed=seed)
+    tasks = build_wordform_tasks(config)
+    return text_tasksets(shared, tasks, examples_per_task // 2, f"wordforms-{base}", WordFormLoRATask)
+
+
 @register_tasksets("wordforms-smollm2")
 def wordforms_smollm2_tasksets(
     num_train_tasks: int = 48,
@@ -156,13 +179,8 @@ def wordforms_smollm2_tasksets(
     load_in_4bit: bool = False,
     **family,
 ):
-    """Word-form tasks (:func:`~peft_mcdi.tasks.wordforms.build_wordform_tasks`) on SmolLM2-135M-Instruct with a
-    generated LoRA (r, q/v of all 30 layers); ``family`` holds further :class:`WordFormTaskConfig` fields. The
-    unseen-type tasks are ``TaskSets.extra["test_unseen_type"]``."""
-    peft_model, tokenizer = build_peft_model("smollm2", r, target_modules, seed, load_in_4bit=load_in_4bit)
-    config = WordFormTaskConfig(
-        num_heldout=num_test_tasks, max_train=num_train_tasks, num_train=examples_per_task, seed=seed, **family
+    """Word-form tasks on SmolLM2-135M-Instruct with a generated LoRA (r, q/v of all 30 layers); ``load_in_4bit``
+    puts the base in nf4 (QLoRA-style)."""
+    return wordform_tasksets(
+        "smollm2", num_train_tasks, num_test_tasks, r, target_modules, seed, examples_per_task, load_in_4bit, **family
     )
-    shared = SharedGenerativeLoRAModel(peft_model, tokenizer, init_seed=seed)
-    tasks = build_wordform_tasks(config)
-    return text_tasksets(shared, tasks, examples_per_task // 2, "wordforms-smollm2", WordFormLoRATask)

@@ -273,6 +273,11 @@ class WordFormTask:
         for split in ("train", "val", "test"):  # JSON turns the pairs into lists
             setattr(self, split, [(str(w), str(a)) for w, a in getattr(self, split)])
 
+    @property
+    def paraphrase(self) -> str:
+        """The task in other words (the benchmark's new descriptions of seen tasks)."""
+        return self.paraphrases[0]
+
 
 def _heldout_combinations(transforms: list[str], formats: list[str], n: int, rng: random.Random) -> set:
     """``n`` (transform, format) combinations to hold out, spread over transforms and formats so that every one of

@@ -34,6 +34,8 @@ pytestmark = pytest.mark.skipif(
 TINY = {
     "num_train_tasks": 6,
     "num_test_tasks": 2,
+    # every recipe but single_level_functional, which is single_level's pipeline with mcdi_functional's term
+    "variants": ["mcdi", "mvdi", "single_level", "mcdi_functional"],
     "recorder": {"num_epochs": 2},
     "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
     "hypernetwork_steps": 4,
@@ -68,7 +70,7 @@ def tiny_bert(tmp_path_factory):
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setitem(KNOWN_BASES, TINY_BERT, (str(folder), "SEQ_CLS"))
-        patch.setitem(BASES, TINY_BERT, {**BASES["minilm"], "taskset": f"wordnet-{TINY_BERT}"})
+        patch.setitem(BASES, TINY_BERT, {**BASES["minilm"], "model": TINY_BERT, "taskset": f"wordnet-{TINY_BERT}"})
         patch.setitem(task_registry, f"wordnet-{TINY_BERT}", tasksets)
         yield
 
@@ -177,11 +179,14 @@ def test_config_errors_name_the_argument():
         LLMBenchConfig.for_base("gpt2")
     with pytest.raises(ValueError, match="variants must include 'mcdi'"):
         LLMBenchConfig(variants=["mvdi"])
-    smol = LLMBenchConfig.for_base("smollm2", {"meta": {"num_outer_steps": 7}})
+    smol = LLMBenchConfig.for_base("smollm2_wordnet", {"meta": {"num_outer_steps": 7}})
     assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (40, 4, 7)
     assert smol.meta.samples_per_task == 8  # nested overrides merge key by key
     assert smol.recorder.num_epochs == 30 and smol.num_train_tasks + smol.num_test_tasks <= 48  # issue 5's sizing
-    more = LLMBenchConfig.for_base("smollm2", {"examples_per_class": 16})
+    words = LLMBenchConfig.for_base("smollm2")
+    assert (words.num_train_tasks, words.num_test_tasks, words.recorder.rho) == (48, 12, 0.0)  # issue 21's sizing
+    assert words.pipeline(0, "mcdi").taskset == "wordforms-smollm2"
+    more = LLMBenchConfig.for_base("smollm2_wordnet", {"examples_per_class": 16})
     assert more.pipeline(0, "mcdi").taskset_kwargs["examples_per_class"] == 16
     assert "examples_per_class" not in LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi").taskset_kwargs
 
