@@ -9,7 +9,8 @@ are left out). Answers are generated and scored by exact match.
 Every pair comes from WordNet: inflections are the regular rule checked against WordNet's own morphology (the form
 must reduce to the word, and words with a listed exception are dropped, as are endings whose rule depends on stress
 or history: ``-o``, ``-f``, consonant doubling); derived forms (adverbs, ``-ness`` nouns, ``un-`` adjectives) are
-WordNet's pertainym, derivation and antonym links. Words are familiar ones (tagged at least once in SemCor).
+WordNet's pertainym, derivation and antonym links. Words are familiar ones (tagged at least once in SemCor), and the
+nouns given a plural name physical things (count nouns, not "disarray").
 
 The split is decided before any model runs (:func:`build_wordform_tasks`):
 
@@ -45,6 +46,8 @@ def _ends_cvc(word: str) -> bool:
 def add_s(word: str) -> str | None:
     """Regular ``-s`` form (noun plural, verb third person); None where English has no single rule."""
     if word.endswith(("o", "f", "fe", "us", "is", "man")):  # potatoes/pianos, leaves/roofs, cacti, crises, men
+        return None
+    if word.endswith("s") and not word.endswith("ss"):  # plural-only nouns ("clothes") and the like
         return None
     if word.endswith(("s", "x", "z", "ch", "sh")):
         return word + "es"
@@ -172,6 +175,15 @@ def _exceptions(pos: str) -> set[str]:
     return {w for line in (WORDNET_DIR / f"{name}.exc").read_text().splitlines() for w in line.split()[1:]}
 
 
+def _concrete(wn, noun: str) -> bool:
+    """Whether the noun's first (most frequent) sense is a physical thing other than a substance: a proxy for a
+    count noun. A plural of "disarray" or "chrome" is a form no model should be asked to write (a probe's errors on
+    plural tasks were mostly such mass and abstract nouns)."""
+    closure = set(wn.synsets(noun, "n")[0].closure(lambda s: s.hypernyms() + s.instance_hypernyms()))
+    mass = {wn.synset("substance.n.01"), wn.synset("matter.n.03")}
+    return wn.synset("physical_entity.n.01") in closure and not closure & mass
+
+
 @functools.lru_cache(maxsize=16)
 def transform_pairs(name: str, min_count: int = 1, max_length: int = 10) -> tuple[tuple[str, str], ...]:
     """Sorted (word, form) pairs of a transform: familiar words (SemCor count ≥ ``min_count``), 3 to
@@ -188,6 +200,8 @@ def transform_pairs(name: str, min_count: int = 1, max_length: int = 10) -> tupl
     }  # fmt: skip
     if name == "identity":
         return tuple(sorted((w, w) for w in words))
+    if name == "plural":
+        words = {w for w in words if _concrete(wn, w)}
     if spec.rule is not None:
         irregular = _exceptions(spec.pos)
         pairs = []

@@ -41,8 +41,8 @@ def tasks():
 
 
 def test_inflection_rules():
-    assert [add_s(w) for w in ("cat", "box", "church", "city", "day", "potato", "leaf")] == [
-        "cats", "boxes", "churches", "cities", "days", None, None]  # fmt: skip
+    assert [add_s(w) for w in ("cat", "box", "church", "city", "day", "glass", "potato", "leaf", "clothes")] == [
+        "cats", "boxes", "churches", "cities", "days", "glasses", None, None, None]  # fmt: skip
     assert [add_ed(w) for w in ("walk", "hope", "carry", "play", "stop", "panic")] == [
         "walked", "hoped", "carried", "played", None, None]  # fmt: skip
     assert [add_ing(w) for w in ("walk", "hope", "tie", "see", "stop")] == [
@@ -55,6 +55,7 @@ def test_pairs_follow_wordnet():
     wn = load_wordnet()
     plural = dict(transform_pairs("plural"))
     assert plural["city"] == "cities" and "child" not in plural and "letters" not in plural  # irregular, plural-only
+    assert "dog" in plural and "disarray" not in plural and "chrome" not in plural  # count nouns only
     for word, form in list(plural.items())[::200]:
         assert word in wn._morphy(form, "n", check_exceptions=False)  # "stalls" is also a lemma of its own
     adverbs = transform_pairs("adverb")
