@@ -244,7 +244,7 @@ class WordFormTaskConfig(DictConfigMixin):
     heldout_word_fraction: float = field(
         default=0.3, metadata={"help": "Share of each transform's words kept for held-out tasks only."}
     )
-    num_train: int = field(default=32, metadata={"help": "Training examples per task."})
+    num_train: int = field(default=128, metadata={"help": "Training examples per task."})
     num_val: int = field(default=8, metadata={"help": "Validation examples per task."})
     num_test: int = field(default=40, metadata={"help": "Test examples per task."})
     min_count: int = field(default=1, metadata={"help": "Fewest SemCor tags of a word (familiar words only)."})
