@@ -173,8 +173,9 @@ def prepare_zoo(
     else:
         store = ZooStore.open(root, key)
     t0 = time.perf_counter()
-    # Held-out tasks are collected too, as the per-task fine-tuned reference; they never reach the generator.
-    tasks = [*tasksets.train, *tasksets.test]
+    # Held-out tasks (every held-out split) are collected too, as the per-task fine-tuned reference; they never
+    # reach the generator.
+    tasks = [*tasksets.train, *tasksets.test, *(t for split in tasksets.extra.values() for t in split)]
     done = collect(tasks, store, config.recorder, rank=rank, world_size=world_size, progress=progress)
     if accelerator is not None:
         from accelerate.utils import gather_object
@@ -188,8 +189,9 @@ def prepare_zoo(
     _barrier(accelerator)
     collected = sum(len(ids) for ids in by_process)
     log(
-        f"zoo: {len(tasksets.train)} training + {len(tasksets.test)} held-out tasks in {root}; {collected} collected "
-        f"now on {world_size} process(es), {len(tasks) - collected} already there ({time.perf_counter() - t0:.1f} s)"
+        f"zoo: {len(tasksets.train)} training + {len(tasks) - len(tasksets.train)} held-out tasks in {root}; "
+        f"{collected} collected now on {world_size} process(es), {len(tasks) - collected} already there "
+        f"({time.perf_counter() - t0:.1f} s)"
     )
     return store, by_process
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from peft_mcdi.evaluation.baselines.multitask_lora import MultiTaskLoRAConfig, train_multitask_lora
 from peft_mcdi.evaluation.harness import first_reaching, refined
-from peft_mcdi.evaluation.metrics import measured
+from peft_mcdi.evaluation.metrics import measured, nearest_task_indices
 from peft_mcdi.evaluation.plots import finetune_curve
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import McDiGenerator
@@ -43,6 +43,8 @@ BASES = {
     "minilm": {
         "model": "minilm",
         "taskset": "wordnet-minilm",
+        "heldout": "held-out categories (no ancestor or descendant of any training category)",
+        "metric": "accuracy",
         "r": 4,
         "target_modules": ["query", "value"],
         "defaults": {"num_train_tasks": 300, "num_test_tasks": 40, "recorder": {"lr": 5e-3}},
@@ -50,6 +52,9 @@ BASES = {
     "smollm2": {  # issue 21: word forms written by the model, exact match (peft_mcdi.tasks.wordforms)
         "model": "smollm2",
         "taskset": "wordforms-smollm2",
+        "heldout": "held-out (transform, format) tasks (no training task has the combination, and none of their words "
+        "meets its transform in a training task)",
+        "metric": "exact match",
         "r": 8,
         "target_modules": ["q_proj", "v_proj"],
         "defaults": {
@@ -69,6 +74,8 @@ BASES = {
     "smollm2_wordnet": {  # the first SmolLM2 benchmark: label words on WordNet categories (no method separates)
         "model": "smollm2",
         "taskset": "wordnet-smollm2",
+        "heldout": "held-out categories (no ancestor or descendant of any training category)",
+        "metric": "accuracy",
         "r": 8,
         "target_modules": ["q_proj", "v_proj"],
         "defaults": {
@@ -362,7 +369,7 @@ def multitask_lora(tasksets, config: MultiTaskLoRAConfig, folder: Path, log=prin
         atomic_write(weights, lambda tmp: save_file({k: v.contiguous() for k, v in params.items()}, tmp))
         atomic_write_text(info_path, json.dumps(info))
         log(f"multi-task LoRA: {info['steps']} steps in {info['seconds']:.0f} s, final loss {info['final_loss']:.3f}")
-    return {"per_task": [t.prompted_accuracy(params) for t in tasksets.test], "train": info}
+    return {"per_task": [t.prompted_accuracy(params) for t in tasksets.test], "train": info, "params": params}
 
 
 def finetune_curves(tasks, recorder: RecorderConfig, num_steps: int, folder: Path) -> list[dict]:
@@ -498,6 +505,29 @@ def functional_controls(
     return rows
 
 
+@torch.no_grad()
+def other_split(config: LLMBenchConfig, seed: int, tasks, train_tasks, store: ZooStore, multitask: dict) -> dict:
+    """Every method that needs no training of its own on a further held-out split (``TaskSets.extra``, e.g. tasks of
+    a type no training task has), reported under that split's name: each generator variant (drawn as the pipeline's
+    evaluation draws, seed 0), the prompted base with and without examples, the multi-task LoRA, the nearest training
+    task's adapter, θ₀ and the per-task reference (these tasks are in the zoo as references only)."""
+    conditions = torch.stack([t.condition for t in tasks])
+    rows = {}
+    for variant in config.variants:
+        generator = McDiGenerator.from_pretrained(Path(config.pipeline(seed, variant).output_dir) / "generator")
+        weights = generator.generate(conditions, seed=0, temperature=config.temperature)
+        rows[variant] = [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
+    nearest = nearest_task_indices(torch.stack([t.condition for t in train_tasks]), conditions)
+    rows["nearest_task"] = [float(t.evaluate(final(store, train_tasks[i]))) for t, i in zip(tasks, nearest.tolist())]
+    rows["init"] = [float(t.evaluate(t.init_params())) for t in tasks]
+    rows["per_task_reference"] = [float(t.evaluate(final(store, t))) for t in tasks]
+    rows["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
+    rows["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
+    rows["multitask_lora"] = [t.prompted_accuracy(multitask["params"]) for t in tasks]
+    return {"task_ids": [t.task_id for t in tasks], "per_task": rows,
+            "accuracy": {m: statistics.fmean(v) for m, v in rows.items()}}  # fmt: skip
+
+
 def _choices(tasks) -> bool:
     """Whether the tasks choose between labels (a score margin to rank by: ROC AUC) rather than write answers."""
     return tasks[0].metric == "accuracy"
@@ -554,6 +584,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         "mean_seconds": mean_seconds,
         "tasks": len(ft_tasks),
         "optimizer": config.recorder.optimizer,
+        "sam": config.recorder.rho > 0,
         "budget_steps": budget,
         "at": {
             str(s): {"accuracy": mean_curve[steps.index(s)], "seconds": mean_seconds[steps.index(s)]}
@@ -572,6 +603,8 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     seen = seen_categories(run_folder / "generator", store, seen_tasks, config.temperature)
     record = {
         "seed": seed,
+        "heldout": BASES[config.base]["heldout"],
+        "metric": BASES[config.base]["metric"],
         "task_ids": [t.task_id for t in tasks],
         "per_task": per_task,
         "accuracy": {m: statistics.fmean(v) for m, v in per_task.items()},
@@ -598,6 +631,16 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         "meta_train_seconds": {v: results[v]["meta_train_seconds"] for v in config.variants},
         "final_loss": {v: results[v]["history"][-1]["loss"] for v in config.variants},
         "zoo": str(zoo),
+        **(
+            {
+                "other_splits": {
+                    name: other_split(config, seed, list(split), list(tasksets.train), store, multitask)
+                    for name, split in tasksets.extra.items()
+                }
+            }  # fmt: skip
+            if tasksets.extra
+            else {}
+        ),
         "seconds": time.perf_counter() - start,
     }
     atomic_write_text(record_path, json.dumps(record, default=str))

@@ -80,6 +80,16 @@ def summarize(records: Sequence[Mapping]) -> dict:
         "batched_tasks_per_s": statistics.median(u["batched"]["tasks_per_s"] for u in user),
         "batched_peak_memory_mb": statistics.median((u["batched"]["peak_memory_mb"] or 0.0) for u in user),
         "seen_categories": {k: mean_std([r["seen_categories"][k] for r in records]) for k in SEEN},
+        # records written before these were stored are all WordNet categories, accuracy, SAM
+        "heldout": records[0].get(
+            "heldout", "held-out categories (no ancestor or descendant of any training category)"
+        ),
+        "metric": records[0].get("metric", "accuracy"),
+        "finetune_sam": records[0]["finetune"].get("sam", True),
+        "other_splits": {
+            name: {m: mean_std([r["other_splits"][name]["accuracy"][m] for r in records]) for m in split["accuracy"]}
+            for name, split in records[0].get("other_splits", {}).items()
+        },
         "nearest_checkpoint_distance": {
             v: statistics.fmean(r["nearest_checkpoint_distance"][v] for r in records)
             for v in records[0]["nearest_checkpoint_distance"]
@@ -101,18 +111,17 @@ def _match_cell(entries: Sequence[Mapping]) -> str:
 def markdown(summary: Mapping, title: str, command: str) -> str:
     """The results page: held-out accuracy by method with steps-to-match, fine-tuning by step, the easier split,
     costs."""
-    acc, adapt_ms = summary["accuracy"], summary["adapt_ms_median"]
+    acc, adapt_ms, metric = summary["accuracy"], summary["adapt_ms_median"], summary["metric"]
     total_ms = adapt_ms["encoder"] + adapt_ms["generator"]
     n, seeds = summary["num_test_tasks"], len(summary["seeds"])
     lines = [
         f"# {title}",
         "",
-        f"Produced by `{command}`; test accuracy in % on {n} held-out categories (no ancestor or descendant of any "
-        f"training category), mean ± std over {seeds} seed(s) — a seed reruns the task split, the zoo and "
-        "meta-training. The adapted model's input is the word alone in a fixed template; only the prompted "
-        "baselines see the description.",
+        f"Produced by `{command}`; test {metric} in % on {n} {summary['heldout']}, mean ± std over {seeds} seed(s) — "
+        "a seed reruns the task split, the zoo and meta-training. The adapted model's input is the word alone in a "
+        "fixed template; only the prompted baselines see the description.",
         "",
-        "| method | held-out accuracy | fine-tuning steps to match (per seed) |",
+        f"| method | held-out {metric} | fine-tuning steps to match (per seed) |",
         "|---|---|---|",
     ]
     ranked = sorted(acc, key=lambda m: acc[m]["mean"], reverse=True)
@@ -132,17 +141,22 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     optimizer = BASE_OPTIMIZERS[summary["finetune_optimizer"]][0].__name__  # "Adam", "SGD"
     lines += [
         "",
-        f"Per-task fine-tuning from θ₀ (the zoo's {optimizer}+SAM recipe, "
+        f"Per-task fine-tuning from θ₀ (the zoo's {optimizer}{'+SAM' if summary['finetune_sam'] else ''} recipe, "
         f"{summary['finetune_tasks']} held-out tasks; its budget is {summary['budget_steps']} steps), optimisation "
         "time only. The curves are cached, so their times are those of the run that computed them, under that "
         "run's machine load; `adapt()` is timed in the run that wrote this page — the ratio is indicative:",
         "",
-        "| steps | accuracy | ms (median over seeds) | × Mc-Di adapt() time |",
+        f"| steps | {metric} | ms (median over seeds) | × Mc-Di adapt() time |",
         "|---:|---|---:|---:|",
     ]
     for step, entry in summary["finetune_at"].items():
         ratio = entry["ms"] / total_ms if total_ms else float("nan")
         lines.append(f"| {step} | {percent(entry['accuracy'])} | {entry['ms']:.0f} | {ratio:.1f} |")
+    for name, split in summary["other_splits"].items():
+        lines += ["", f"Held-out split `{name}`, reported on its own ({metric}, %):", "", "| method | |", "|---|---|"]
+        lines += [
+            f"| {LABELS.get(m, m)} | {percent(split[m])} |" for m in sorted(split, key=lambda m: -split[m]["mean"])
+        ]
     lines += [
         "",
         "New descriptions of *seen* categories (training categories' test words; an easier split, not held-out):",

@@ -64,8 +64,20 @@ def test_every_method_writes_answers_for_the_same_heldout_tasks(record):
     assert record["task_ids"] == ["test-adverb-plain", "test-plural-brackets"]
 
 
+def test_the_unseen_type_is_its_own_split(record):
+    """Tasks of a transform no training task has are scored apart, with every method that needs no training of its
+    own on them; their per-task references come from the zoo, beside the held-out ones."""
+    split = record["other_splits"]["test_unseen_type"]
+    assert [i.split("-")[1] for i in split["task_ids"]] == ["negation"] * 4
+    assert set(split["per_task"]) == {"mcdi", "mcdi_functional", "nearest_task", "init", "per_task_reference",
+                                      "prompted_base", "prompted_base_icl", "multitask_lora"}  # fmt: skip
+    assert all(len(v) == 4 and all(0 <= a <= 1 for a in v) for v in split["per_task"].values())
+
+
 def test_written_answers_have_no_roc_auc_and_the_report_renders(record):
     assert "roc_auc" not in record and "with_adapter_auc" not in record["users_path"]
     assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
     text = markdown(summarize([record]), "tiny", "python benchmarks/llm.py --base smollm2")
     assert "ROC AUC" not in text and "| base model prompted with the description |" in text
+    assert "test exact match in % on 2 held-out (transform, format) tasks" in text
+    assert "Held-out split `test_unseen_type`" in text and "the zoo's Adam recipe" in text
