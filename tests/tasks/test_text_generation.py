@@ -121,3 +121,40 @@ def test_exact_match_metric_runs_offline_from_the_package():
         exact_match(["a", "b"], ["a"])
     with pytest.raises(ValueError, match="no metric script 'bleu'.*available: \\['exact_match'\\]"):
         load_metric("bleu")
+
+
+@pytest.mark.slow  # about a minute: the real SmolLM2, a short training run, two decodings
+def test_exported_adapter_writes_the_same_answers_in_plain_peft(tmp_path):
+    """A word-form LoRA trained on the real SmolLM2, exported with ``export_lora`` and loaded by peft alone, writes
+    the answers our decoding writes (greedy, HF ``generate``)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    import peft_mcdi
+    from peft_mcdi.models.offline import SMOLLM2_HUB_ID, from_pretrained
+    from peft_mcdi.tasks.wordforms import WordFormTaskConfig, build_wordform_tasks
+    from peft_mcdi.zoo.recorder import RecorderConfig, train_task
+
+    model, tokenizer = build_peft_model("smollm2", r=8, target_modules=["q_proj", "v_proj"])
+    shared = SharedGenerativeLoRAModel(model, tokenizer)
+    spec = next(t for t in build_wordform_tasks(WordFormTaskConfig(num_train=32))["test"] if t.format != "plain")
+    task = WordFormLoRATask(spec, shared, torch.zeros(384), batch_size=16)
+    checkpoints, _ = train_task(task, RecorderConfig(num_epochs=10, lr=5e-3, rho=0.0))
+    trained = checkpoints[10]
+    with torch.no_grad():
+        for name, parameter in model.base_model.lora_parameters().items():
+            parameter.copy_(trained[name])
+    pairs = spec.test[:12]
+    prompts = shared.prompt_texts([w for w, _ in pairs])
+    budget = shared.answer_budget([a for _, a in pairs])
+    ours = shared.generate(trained, prompts, budget)
+    assert sum(o == a for o, (_, a) in zip(ours, pairs)) >= 3  # it learnt something of the task: a real check
+
+    peft_mcdi.export_lora(model, tmp_path / "lora")
+    base = from_pretrained(AutoModelForCausalLM, SMOLLM2_HUB_ID, dtype=torch.float32)
+    plain = PeftModel.from_pretrained(base, tmp_path / "lora").eval()
+    enc = tokenizer(prompts, padding=True, return_tensors="pt")  # left padding, as the task model set it
+    with torch.no_grad():
+        out = plain.generate(**enc, max_new_tokens=budget, do_sample=False, pad_token_id=tokenizer.pad_token_id)
+    theirs = [t.split("\n")[0].strip() for t in tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :])]
+    assert theirs == ours
