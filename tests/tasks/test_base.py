@@ -9,7 +9,7 @@ def test_unknown_taskset_lists_the_valid_names():
     with pytest.raises(
         ValueError,
         match=r"unknown task set 'omniglot'; valid names: \['glyphs-fewshot', 'hub-binary', 'logistic', "
-        r"'vision-dg', 'vision-transfer', 'wordnet-minilm', 'wordnet-smollm2'\]",
+        r"'vision-dg', 'vision-transfer', 'wordforms-smollm2', 'wordnet-minilm', 'wordnet-smollm2'\]",
     ):
         get_tasksets("omniglot")
 
