@@ -91,6 +91,9 @@ def test_ctrl_c_during_the_vision_benchmark_is_one_line(tmp_path):
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=60)
     assert process.returncode == 130, err
-    assert err.strip() == "benchmarks/vision.py: interrupted; finished stages are cached, the same command resumes", (
-        err
-    )
+    # Libraries may log at import (bitsandbytes looks for a Hub kernel on CPUs with AVX512-BF16); ours is the last
+    # line and there is no traceback.
+    assert "Traceback" not in err, err
+    assert err.strip().splitlines()[-1] == (
+        "benchmarks/vision.py: interrupted; finished stages are cached, the same command resumes"
+    ), err
