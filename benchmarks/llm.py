@@ -8,12 +8,15 @@ memorisation checks, on the same held-out WordNet categories (issue 5).
     python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
 
 Every stage is cached under ``$MCDI_CACHE`` (zoo, generators, multi-task LoRA, fine-tuning curves, the per-seed
-record), so an interrupted run resumes and a finished seed is read back. Results: ``benchmarks/results/
-llm_<base>[_quick].json`` (written after every seed), ``.md`` and ``_accuracy_vs_time.png``.
+record), so an interrupted run resumes. Results: ``benchmarks/results/llm_<base>[_quick].json`` (written after every
+seed), ``.md`` and ``_accuracy_vs_time.png``. The JSON is also the durable record of finished seeds: a seed it holds
+under the same configuration is read back, not rerun, so ``--seeds 1`` on one machine and ``--seeds 2`` on another
+add up to a three-seed table (the caches need not travel).
 """
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.evaluation.harness import run_script, seeds_to_run, write_record  # noqa: E402
-from peft_mcdi.evaluation.llm import BASES, LLMBenchConfig, run_llm_benchmark  # noqa: E402
+from peft_mcdi.evaluation.harness import recorded_runs, run_script, seeds_to_run, write_record  # noqa: E402
+from peft_mcdi.evaluation.llm import BASES, LLMBenchConfig, results_key, run_llm_benchmark  # noqa: E402
 from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
 from peft_mcdi.utils import merged  # noqa: E402
 
@@ -53,6 +56,13 @@ def write_report(records: list[dict], stem: Path, title: str, command: str) -> N
     plot_accuracy_vs_time(records, f"{stem}_accuracy_vs_time.png")
 
 
+def command(args: argparse.Namespace, seeds: list[int]) -> str:
+    """The command that reproduces a table over ``seeds`` (which may have been run one invocation at a time)."""
+    options = [f"--base {args.base}", *(["--quick"] if args.quick else []),
+               *([f"--config {shlex.quote(args.config)}"] if args.config else [])]  # fmt: skip
+    return f"python benchmarks/llm.py {' '.join(options)} --seeds {' '.join(map(str, seeds))}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", choices=sorted(BASES), default="minilm")
@@ -73,16 +83,21 @@ def main() -> None:
         return
     overrides = merged(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
     config = LLMBenchConfig.for_base(args.base, overrides)
-    command = "python benchmarks/llm.py " + " ".join(sys.argv[1:])
+    key = results_key(config.to_dict())
+    runs = recorded_runs(stem, key)  # seeds finished under this configuration, on this machine or another
     seeds = seeds_to_run(args.seeds, args.quick)
-    print(f"LLM benchmark: {args.base}, seeds {seeds}; results in {stem}.json", flush=True)
-    records = []
+    print(f"LLM benchmark: {args.base}, seeds {seeds}; results in {stem}.json"
+          + (f" (seeds {sorted(runs)} recorded there under this configuration are read back)" if runs else ""),
+          flush=True)  # fmt: skip
     for seed in seeds:
+        if seed in runs:
+            continue
         start = time.perf_counter()
-        records.append(run_llm_benchmark(config, seed, args.progress))
-        print(f"seed {seed}: {json.dumps({k: round(v, 4) for k, v in records[-1]['accuracy'].items()})} "
+        runs[seed] = {**run_llm_benchmark(config, seed, args.progress), "config_key": key}
+        print(f"seed {seed}: {json.dumps({k: round(v, 4) for k, v in runs[seed]['accuracy'].items()})} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip
-        write_report(records, stem, TITLES[args.base], command)
+        write_report([runs[s] for s in sorted(runs)], stem, TITLES[args.base], command(args, sorted(runs)))
+    write_report([runs[s] for s in sorted(runs)], stem, TITLES[args.base], command(args, sorted(runs)))
     print(stem.with_suffix(".md").read_text())
 
 
