@@ -13,6 +13,7 @@ import torch
 
 from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork
 from peft_mcdi.evaluation.metrics import mean_of_zoo, median_ms, nearest_checkpoint_distance, nearest_task_indices
+from peft_mcdi.generator.anchor import ANCHORS
 from peft_mcdi.generator.card import generator_card
 from peft_mcdi.generator.codec import WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
@@ -54,6 +55,14 @@ class PipelineConfig(DictConfigMixin):
         default="tensor", metadata={"help": "Weight codec statistics: 'tensor' (per tensor) or 'element'."}
     )
     loss_variant: str = field(default="mcdi", metadata={"help": "'mcdi' or 'twdi'."})
+    anchor: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rule the generated weights are a residual on (GeneratorConfig.anchor, e.g. 'prototype' for "
+            "heads; its scale fitted to the training tasks' final weights); None: the paper's generator.",
+            "omit_default": True,
+        },
+    )
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout for guidance."})
     loss_tensor_weights: dict[str, float] = field(
         default_factory=dict,
@@ -234,7 +243,12 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
         order = list(tasksets.train[0].init_params())
         if sorted(order) == sorted(shapes):
             shapes = {n: shapes[n] for n in order}
-    codec = fit_codec(WeightCodec(shapes, rows, config.codec_normalization), store, train_ids, k)
+    anchor = None
+    if config.anchor is not None:
+        ANCHORS[config.anchor].check(shapes, rows, config.denoiser.condition_dim)  # before reading the zoo
+        final, conditions = load_raw_targets(store, train_ids, 1)
+        anchor = ANCHORS[config.anchor]().fit({n: v[:, 0] for n, v in final.items()}, conditions)
+    codec = fit_codec(WeightCodec(shapes, rows, config.codec_normalization), store, train_ids, k, anchor)
     torch.manual_seed(config.meta.seed)  # the generator's initialisation is part of "a seed reruns everything"
     metadata = {"taskset": config.taskset, "num_train_tasks": len(train_ids), **adapter}
     generator = McDiGenerator(
@@ -245,12 +259,15 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
             condition_dropout=config.condition_dropout,
             loss_tensor_weights=config.loss_tensor_weights,
             min_snr_gamma=config.min_snr_gamma,
+            anchor=config.anchor,
             metadata=metadata,
         ),
         config.scheduler,
     )
     generator.codec.load_state_dict(codec.state_dict())
-    data = load_zoo_tensors(store, train_ids, generator.codec, k)
+    if anchor is not None:
+        generator.anchor.load_state_dict(anchor.state_dict())
+    data = load_zoo_tensors(store, train_ids, generator.codec, k, generator.anchor)
     generator.set_training_conditions(data.conditions)
     return generator, data
 
@@ -314,8 +331,7 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
         ("hypernetwork_sft", config.hypernetwork_sft_steps),
     ):
         if steps:
-            hypernetworks[name] = OnePassHypernetwork(generator.config)
-            hypernetworks[name].codec.load_state_dict(generator.codec.state_dict())
+            hypernetworks[name] = OnePassHypernetwork.like(generator)
     if "hypernetwork" in hypernetworks:
         hypernetworks["hypernetwork"].fit(
             data, num_steps=config.hypernetwork_steps, seed=config.meta.seed, progress=progress
@@ -399,7 +415,7 @@ def evaluate_heldout(
     # The generator may sit on an accelerator after training; tasks and the zoo live on the CPU.
     device = generator.device
     vectors = generator.generate_vectors(test_conditions.to(device), seed=config.eval_seed, **generate_kwargs)
-    generated = {n: v.cpu() for n, v in generator.codec.decode(vectors).items()}
+    generated = {n: v.cpu() for n, v in generator.decode(vectors, test_conditions.to(device)).items()}
     nearest = nearest_task_indices(train_conditions, test_conditions)
     mean = mean_of_zoo(train_final)
     one_pass = {name: net.generate(test_conditions) for name, net in (hypernetworks or {}).items()}
@@ -421,9 +437,10 @@ def evaluate_heldout(
         for name, params in candidates.items():
             methods.setdefault(name, []).append(float(task.evaluate(params)))
 
-    zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k).targets.flatten(0, 1).to(device)
-    stacked = {n: torch.stack([r[n] for r in references]) for n in references[0]}
-    reference_vectors = generator.codec.encode({n: v.to(device) for n, v in stacked.items()})
+    zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k, generator.anchor).targets.flatten(0, 1)
+    zoo_vectors = zoo_vectors.to(device)
+    stacked = {n: torch.stack([r[n] for r in references]).to(device) for n in references[0]}
+    reference_vectors = generator.encode(stacked, test_conditions.to(device))
     single = test_conditions[:1].to(device)
     latency = median_ms(lambda: generator.generate_vectors(single, seed=0, **generate_kwargs))
     first = tasksets.test[0]

@@ -67,8 +67,7 @@ def sampling_ceiling(config: LLMBenchConfig, seed: int, tasksets, draws: int) ->
     store, _ = prepare_zoo(pipeline, tasksets, progress=False, log=lambda *a: None)
     generator, data = build_generator(pipeline, store, tasksets)
     codec = generator.codec
-    hypernetwork = OnePassHypernetwork(generator.config)
-    hypernetwork.codec.load_state_dict(codec.state_dict())
+    hypernetwork = OnePassHypernetwork.like(generator)
     with torch.enable_grad():
         hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=False)
     test = list(tasksets.test)

@@ -326,8 +326,7 @@ def run_vision_benchmark(
             store,
             suite.tasksets(first),
         )
-        hypernetwork = OnePassHypernetwork(any_gen.config)
-        hypernetwork.codec.load_state_dict(any_gen.codec.state_dict())
+        hypernetwork = OnePassHypernetwork.like(any_gen)
         start = time.perf_counter()
         hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=progress)
         training["hypernetwork"] = {"train_seconds": time.perf_counter() - start}

@@ -13,6 +13,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from peft_mcdi.generator.anchor import ANCHORS, AnchoredDecoding
 from peft_mcdi.generator.card import generator_card
 from peft_mcdi.generator.codec import TokenLayout, WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
@@ -25,7 +26,8 @@ from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, ch
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
-FORMAT_VERSION = 1
+# 2: an optional anchor (GeneratorConfig.anchor, tensors under 'anchor.'); version-1 folders load unchanged.
+FORMAT_VERSION = 2
 
 
 @dataclass
@@ -67,6 +69,15 @@ class GeneratorConfig(DictConfigMixin):
             "omit_default": True,
         },
     )
+    anchor: str | None = field(
+        default=None,
+        metadata={
+            "help": f"A rule the generated weights are a residual on, one of {sorted(ANCHORS)}, or None (the weights "
+            "are the decoded sample, as in the paper). 'prototype' (heads): the nearest-centroid rule on the class "
+            "prototypes the generator is conditioned on, so a zero residual is that rule (SPEC §3.7).",
+            "omit_default": True,
+        },
+    )
     metadata: dict = field(default_factory=dict, metadata={"help": "Free-form provenance (base model, tasks, ...)."})
     format_version: int = field(default=FORMAT_VERSION, metadata={"help": "On-disk format version."})
 
@@ -92,6 +103,17 @@ class GeneratorConfig(DictConfigMixin):
             raise ValueError(f"min_snr_gamma must be > 0 or None, got {self.min_snr_gamma!r}.")
         if self.codec.get("row_tokens") and not self.denoiser.per_token_condition:
             raise ValueError("a rows-layout codec (class-row tokens) needs denoiser.per_token_condition=True.")
+        if self.anchor is not None:
+            if self.anchor not in ANCHORS:
+                raise ValueError(f"anchor must be one of {sorted(ANCHORS)} or None, got {self.anchor!r}.")
+            ANCHORS[self.anchor].check(
+                self.codec["shapes"], bool(self.codec.get("row_tokens")), self.denoiser.condition_dim
+            )
+        if self.format_version > FORMAT_VERSION:
+            raise ValueError(
+                f"this generator has format version {self.format_version}; this peft_mcdi reads up to "
+                f"{FORMAT_VERSION}: upgrade peft_mcdi to load it."
+            )
 
 
 def denoiser_for_codec(config: DenoiserConfig, codec: WeightCodec, num_train_timesteps: int) -> nn.Module:
@@ -104,7 +126,7 @@ def denoiser_for_codec(config: DenoiserConfig, codec: WeightCodec, num_train_tim
     return build_denoiser(config, num_train_timesteps, token_parts=parts)
 
 
-class McDiGenerator(nn.Module):
+class McDiGenerator(AnchoredDecoding, nn.Module):
     """A meta-trained weight generator. ``generate(condition)`` returns a parameter dict; no gradient involved."""
 
     def __init__(self, config: GeneratorConfig, scheduler_config: SchedulerConfig | None = None) -> None:
@@ -113,6 +135,7 @@ class McDiGenerator(nn.Module):
         self.scheduler = LocalConsistencyScheduler(scheduler_config or SchedulerConfig())
         self.codec = WeightCodec.from_config(config.codec)
         self.denoiser = denoiser_for_codec(config.denoiser, self.codec, self.scheduler.num_train_timesteps)
+        self.anchor = ANCHORS[config.anchor]() if config.anchor else None
         # Conditions of the training tasks: generation reports the distance to the nearest one (an OOD signal).
         self.register_buffer("train_conditions", torch.zeros(0, config.denoiser.condition_dim))
         self._coordinate_weights: dict[tuple, torch.Tensor] = {}  # see coordinate_weights
@@ -206,7 +229,7 @@ class McDiGenerator(nn.Module):
         Other keyword arguments go to :meth:`generate_vectors` (sampler, num_inference_steps, guidance_scale,
         temperature).
         """
-        return self.codec.decode(self.generate_vectors(condition, seed, **kwargs))
+        return self.decode(self.generate_vectors(condition, seed, **kwargs), condition.to(self.device, torch.float32))
 
     def nearest_training_distance(self, condition: torch.Tensor) -> torch.Tensor:
         """L2 distance from each condition (B, C) to the nearest training condition; NaN if none are recorded."""

@@ -96,7 +96,8 @@ def finetune_through_chain(
         chosen = [tasks[i] for i in rows.tolist()]
         batches = [next(iter(t.train_batches(0, g))) for t in chosen]
         x0 = chain_sample(generator, data.conditions[rows], config.last_steps, config.temperature, g)
-        return type(chosen[0]).grouped_loss(chosen, generator.codec.decode(x0), batches).mean()
+        weights = generator.decode(x0, data.conditions[rows].to(x0.device))
+        return type(chosen[0]).grouped_loss(chosen, weights, batches).mean()
 
     run = {k: v for k, v in config.to_dict().items() if k != "steps"}  # a longer run continues a shorter one
     identity = stable_hash(["chain", run, list(data.task_ids)])

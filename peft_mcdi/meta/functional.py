@@ -61,9 +61,10 @@ def functional_losses(
     layout: TokenLayout | None = None,
     pure_noise: bool = False,
 ) -> torch.Tensor:
-    """(m,) mean task loss of the weights decoded from the clean estimates of each slot's draw: a function of the
-    slots' denoiser parameters to differentiate. One vectorised denoiser pass over the slots and one scoring pass
-    over all m·n decoded weights (:meth:`~peft_mcdi.tasks.base.Task.grouped_loss`).
+    """(m,) mean task loss of the weights decoded from the clean estimates of each slot's draw (with the
+    generator's anchor, when it has one): a function of the slots' denoiser parameters to differentiate. One
+    vectorised denoiser pass over the slots and one scoring pass over all m·n decoded weights
+    (:meth:`~peft_mcdi.tasks.base.Task.grouped_loss`).
 
     denoiser_params: names without the ``denoiser.`` prefix, each (m, *shape) — slot j's own parameters (Reptile's
     fast weights, or φ repeated); final_targets: (m, D) the tasks' θ⁽ᵏ⁾ in codec space; conditions: (m, C) or
@@ -88,7 +89,7 @@ def functional_losses(
         return scheduler.clean_estimate(x, f, steps)
 
     estimates = vmap(clean_estimate)(denoiser_params, x_t, timesteps, conditions)  # (m, n, D)
-    weights = generator.codec.decode(estimates.flatten(0, 1))  # {name: (m·n, *shape)}
+    weights = generator.decode(estimates.flatten(0, 1), conditions.repeat_interleave(n, 0))  # {name: (m·n, *shape)}
     groups = [task for task in tasks for _ in range(n)]
     batches = [d.batch for d in draws for _ in range(n)]
     return type(tasks[0]).grouped_loss(groups, weights, batches).view(m, n).mean(1)

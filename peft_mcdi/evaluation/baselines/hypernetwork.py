@@ -12,20 +12,34 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from peft_mcdi.generator.anchor import ANCHORS, AnchoredDecoding
 from peft_mcdi.generator.codec import WeightCodec
-from peft_mcdi.generator.model import GeneratorConfig, denoiser_for_codec
+from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator, denoiser_for_codec
 from peft_mcdi.meta.data import ZooTensors
 from peft_mcdi.meta.resumable import train_resumable
 from peft_mcdi.tasks.base import Task
 from peft_mcdi.utils import stable_hash
 
 
-class OnePassHypernetwork(nn.Module):
+class OnePassHypernetwork(AnchoredDecoding, nn.Module):
+    """The one-pass network of a generator's config: its codec, denoiser architecture and anchor (:meth:`like`
+    also copies a generator's codec statistics and anchor scale)."""
+
     def __init__(self, config: GeneratorConfig) -> None:
         super().__init__()
         self.config = config
         self.codec = WeightCodec.from_config(config.codec)
         self.net = denoiser_for_codec(config.denoiser, self.codec, num_train_timesteps=1)
+        self.anchor = ANCHORS[config.anchor]() if config.anchor else None
+
+    @classmethod
+    def like(cls, generator: McDiGenerator) -> OnePassHypernetwork:
+        """An untrained one-pass network with ``generator``'s architecture, codec statistics and anchor."""
+        network = cls(generator.config)
+        network.codec.load_state_dict(generator.codec.state_dict())
+        if generator.anchor is not None:
+            network.anchor.load_state_dict(generator.anchor.state_dict())
+        return network
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         """Conditions (B, C) [(B, N, C)] → normalised weight vectors (B, D)."""
@@ -37,7 +51,7 @@ class OnePassHypernetwork(nn.Module):
 
     @torch.inference_mode()
     def generate(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.codec.decode(self(condition.float()))
+        return self.decode(self(condition.float()), condition.float())
 
     def fit(
         self,
@@ -77,7 +91,7 @@ class OnePassHypernetwork(nn.Module):
         def loss(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             chosen = [tasks[i] for i in rows.tolist()]
             batches = [next(iter(t.train_batches(0, g))) for t in chosen]
-            weights = self.codec.decode(self(data.conditions[rows]))
+            weights = self.decode(self(data.conditions[rows]), data.conditions[rows])
             return type(chosen[0]).grouped_loss(chosen, weights, batches).mean()
 
         return self._train(
