@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -35,6 +35,14 @@ VARIANTS = {
     "twdi": {"num_segments": 3, "loss_variant": "twdi", "algorithm": "reptile"},
     "single_level": {"num_segments": 3, "loss_variant": "mcdi", "algorithm": "single_level"},
 }
+FUNCTIONAL = "_functional"  # a benchmark variant's suffix: that recipe trained with the functional recipe below
+
+
+def variant_recipe(name: str) -> tuple[str, bool]:
+    """The pipeline variant (:data:`VARIANTS`) behind a benchmark variant name, and whether it is trained with the
+    functional recipe ('mcdi_functional' → ('mcdi', True))."""
+    functional = name.endswith(FUNCTIONAL)
+    return (name[: -len(FUNCTIONAL)] if functional else name), functional
 
 
 @dataclass
@@ -113,6 +121,95 @@ class PipelineConfig(DictConfigMixin):
 
     def __post_init__(self) -> None:
         self.nested_from_dicts()
+
+
+@dataclass
+class FunctionalRecipe(DictConfigMixin):
+    """SPEC §3.7 as the benchmarks' '*_functional' variants apply it to a pipeline run: the task-loss term in
+    meta-training, then fine-tuning through the sampling chain. The defaults are what won on MiniLM WordNet, seed 0
+    (``benchmarks/studies/llm_functional_recipes.py``, docs/llm.md)."""
+
+    weight: float = field(
+        default=10.0,
+        metadata={"help": "λ of the task-loss term (MiniLM seed 0: 1 moves nothing, 10 best, 100 worse)."},
+    )
+    samples: int = field(
+        default=1,
+        metadata={
+            "help": "Clean estimates per task and step that the term scores (each is one base-model pass over a "
+            "batch of the task's examples: the term's cost)."
+        },
+    )
+    input: str = field(
+        default="pure_noise",
+        metadata={
+            "help": "What the denoiser sees in the term (MetaTrainConfig.functional_input): 'noised_target' or "
+            "'pure_noise' (the sampler's first step)."
+        },
+    )
+    condition_normalization: str = field(
+        default="standardize",
+        metadata={
+            "help": "The denoiser's condition scaling (DenoiserConfig.condition_normalization): 'standardize' lets "
+            "differences between conditions reach it."
+        },
+    )
+    prediction_type: str = field(
+        default="sample",
+        metadata={
+            "help": "What the denoiser predicts. 'sample' (x̂₀): under ε-prediction the clean estimate divides by "
+            "√ᾱ_t, so the task loss's gradient is amplified up to 1/√ᾱ_T at large t."
+        },
+    )
+    chain_steps: int = field(
+        default=300,
+        metadata={
+            "help": "Steps of fine-tuning through the sampling chain after meta-training (DRaFT-K; meta_batch_size "
+            "tasks a step, at the evaluation temperature; 0: none)."
+        },
+    )
+    chain_last_steps: int = field(
+        default=1, metadata={"help": "K of that fine-tuning: the chain's last K denoiser calls carry gradients."}
+    )
+    anchor: str | None = field(
+        default=None,
+        metadata={
+            "help": "Rule the weights are a residual on (PipelineConfig.anchor): 'prototype' for heads; None for "
+            "LoRA, whose zero is the base model.",
+            "omit_default": True,
+        },
+    )
+
+    def apply(self, config: PipelineConfig, temperature: float, seed: int) -> PipelineConfig:
+        """``config`` (a paper variant's run) trained with this recipe."""
+        meta = replace(
+            config.meta, functional_weight=self.weight, functional_samples=self.samples, functional_input=self.input
+        )
+        chain = config.chain
+        if self.chain_steps:  # else the run's own chain config, which stays out of its cache key
+            chain = ChainFinetuneConfig(
+                steps=self.chain_steps,
+                last_steps=self.chain_last_steps,
+                tasks_per_step=meta.meta_batch_size,
+                temperature=temperature,
+                seed=seed,
+            )
+        return replace(
+            config,
+            meta=meta,
+            chain=chain,
+            scheduler=replace(config.scheduler, prediction_type=self.prediction_type),
+            denoiser=replace(config.denoiser, condition_normalization=self.condition_normalization),
+            anchor=self.anchor,
+        )
+
+    def passes(self, meta: MetaTrainConfig, chain: ChainFinetuneConfig) -> int:
+        """Base-model passes of a run trained with this recipe, per meta-batch slot: outer steps × inner steps ×
+        clean estimates scored (when λ > 0), plus the chain fine-tuning's steps — the steps (of ``meta_batch_size``
+        tasks) that give the one-pass functional baseline (t2l_sft) the same budget."""
+        inner = meta.inner_steps if meta.algorithm == "reptile" else 1
+        term = meta.num_outer_steps * inner * self.samples if meta.functional_weight > 0 else 0
+        return term + chain.steps * chain.tasks_per_step // meta.meta_batch_size
 
 
 def zoo_folder(config: PipelineConfig) -> tuple[Path, dict]:

@@ -31,10 +31,10 @@ from peft_mcdi.utils import cache_root  # noqa: E402
 
 
 # every setting spelled out, so that the rows stay what they are when the benchmark's defaults move
-ONLY_TERM = {"functional_chain_steps": 0, "functional_input": "noised_target"}
-RAW = {**ONLY_TERM, "functional_condition_normalization": "none"}
-STD = {**ONLY_TERM, "functional_condition_normalization": "standardize"}
-PURE = {**STD, "functional_input": "pure_noise"}
+ONLY_TERM = {"chain_steps": 0, "input": "noised_target"}  # FunctionalRecipe fields
+RAW = {**ONLY_TERM, "condition_normalization": "none"}
+STD = {**ONLY_TERM, "condition_normalization": "standardize"}
+PURE = {**STD, "input": "pure_noise"}
 SL = "single_level_functional"
 DDIM = {"sampler": "ddim"}
 # name → (variant, LLMBenchConfig overrides, what else): x̂₀-prediction and one functional sample per slot throughout.
@@ -42,11 +42,11 @@ DDIM = {"sampler": "ddim"}
 # "chain": fine-tune it through the chain (steps, K); "t2l_steps": train t2l_sft beside it; "controls": also measure
 # the benchmark's controls on a trained row.
 RECIPES = {
-    "noised_target_l1": (SL, {**RAW, "functional_weight": 1.0}, {}),
-    "noised_target_l10_std": (SL, {**STD, "functional_weight": 10}, {}),
-    "pure_noise_l1": (SL, {**PURE, "functional_weight": 1}, {}),
-    "pure_noise_l10": (SL, {**PURE, "functional_weight": 10}, {}),
-    "pure_noise_l100": (SL, {**PURE, "functional_weight": 100}, {}),
+    "noised_target_l1": (SL, {"functional": {**RAW, "weight": 1.0}}, {}),
+    "noised_target_l10_std": (SL, {"functional": {**STD, "weight": 10}}, {}),
+    "pure_noise_l1": (SL, {"functional": {**PURE, "weight": 1}}, {}),
+    "pure_noise_l10": (SL, {"functional": {**PURE, "weight": 10}}, {}),
+    "pure_noise_l100": (SL, {"functional": {**PURE, "weight": 100}}, {}),
     "pure_noise_l10_ddim1": (None, {}, {"base": "pure_noise_l10", "sampler": {**DDIM, "num_inference_steps": 1}}),
     "pure_noise_l10_ddim5": (None, {}, {"base": "pure_noise_l10", "sampler": {**DDIM, "num_inference_steps": 5}}),
     "pure_noise_l10_chain_k1": (None, {}, {"base": "pure_noise_l10", "chain": (300, 1)}),
@@ -58,14 +58,14 @@ RECIPES = {
     # the chain; its run also trains t2l_sft at the matched budget (2,100 steps), reported beside it
     "reptile_pure_noise_l10_chain_k1": (
         "mcdi_functional",
-        {**PURE, "functional_weight": 10.0, "functional_chain_steps": 300, "functional_chain_last_steps": 1},
+        {"functional": {**PURE, "weight": 10.0, "chain_steps": 300, "chain_last_steps": 1}},
         {"controls": True},
     ),
     # the same single-level recipe with a one-block trunk: what halving the denoiser's depth costs in accuracy (the
     # trunk is ~75 % of a SmolLM2 adapter's generation time, benchmarks/results/engine.md)
     "one_block_pure_noise_l10_chain_k1": (
         SL,
-        {**PURE, "functional_weight": 10, "functional_chain_steps": 300, "functional_chain_last_steps": 1,
+        {"functional": {**PURE, "weight": 10, "chain_steps": 300, "chain_last_steps": 1},
          "denoiser": {"num_layers": 1}},
         {"controls": True},
     ),
@@ -86,7 +86,7 @@ def run_from_base(name: str, seed: int) -> dict:
     base = trained(extra["base"], seed)
     if "chain" in extra:
         steps, k = extra["chain"]
-        more = {"functional_chain_steps": steps, "functional_chain_last_steps": k}
+        more = {"functional": {**overrides["functional"], "chain_steps": steps, "chain_last_steps": k}}
         run = LLMBenchConfig.for_base("minilm", {**overrides, **more}).pipeline(seed, RECIPES[extra["base"]][0])
         run = replace(run, hypernetwork_sft_steps=0)
     else:

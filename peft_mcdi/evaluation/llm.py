@@ -28,9 +28,16 @@ from peft_mcdi.evaluation.plots import finetune_curve
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
-from peft_mcdi.meta.chain import ChainFinetuneConfig
 from peft_mcdi.meta.trainer import MetaTrainConfig
-from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_tasksets, run_pipeline
+from peft_mcdi.pipeline import (
+    FUNCTIONAL,
+    VARIANTS,
+    FunctionalRecipe,
+    PipelineConfig,
+    build_tasksets,
+    run_pipeline,
+    variant_recipe,
+)
 from peft_mcdi.tasks.text_lora import CausalTemplateModel, build_peft_model
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, cache_root, merged, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig
@@ -94,14 +101,6 @@ BASES = {
 }
 GENERATOR_VARIANTS = ("mcdi", "mvdi", "single_level", "mcdi_functional", "single_level_functional")
 ICL_SHOTS = 3  # labelled examples in context for prompted_base_icl (SPEC §4)
-FUNCTIONAL = "_functional"  # a variant name's suffix: that recipe trained with the functional term of SPEC §3.7
-
-
-def variant_recipe(name: str) -> tuple[str, bool]:
-    """The pipeline variant (:data:`~peft_mcdi.pipeline.VARIANTS`) behind a benchmark variant name, and whether it
-    is trained with the functional term ('mcdi_functional' → ('mcdi', True))."""
-    functional = name.endswith(FUNCTIONAL)
-    return (name[: -len(FUNCTIONAL)] if functional else name), functional
 
 
 @dataclass
@@ -142,7 +141,10 @@ class LLMBenchConfig(DictConfigMixin):
     )
     prediction_type: str = field(
         default="epsilon",
-        metadata={"help": "What every variant's denoiser predicts: 'epsilon' or 'sample' (x̂₀).", "omit_default": True},
+        metadata={
+            "help": "What the paper variants' denoiser predicts (the functional ones: functional.prediction_type).",
+            "omit_default": True,
+        },
     )
     temperature: float = field(
         default=1.0,
@@ -156,57 +158,9 @@ class LLMBenchConfig(DictConfigMixin):
         default_factory=lambda: list(GENERATOR_VARIANTS),
         metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
     )
-    functional_weight: float = field(
-        default=10.0,
-        metadata={
-            "help": "λ of the '*_functional' variants (SPEC §3.7): weight of the task-loss term (MiniLM seed 0, "
-            "benchmarks/studies/llm_functional_recipes.py: 1 moves nothing, 10 best, 100 worse)."
-        },
-    )
-    functional_samples: int = field(
-        default=1,
-        metadata={
-            "help": "Clean estimates per task and step that the functional term scores (each is one base-model "
-            "pass over a batch of the task's examples: the term's cost)."
-        },
-    )
-    functional_input: str = field(
-        default="pure_noise",
-        metadata={
-            "help": "What the denoiser sees in the '*_functional' variants' task-loss term (MetaTrainConfig): "
-            "'noised_target' or 'pure_noise' (the sampler's first step).",
-            "omit_default": True,
-        },
-    )
-    functional_condition_normalization: str = field(
-        default="standardize",
-        metadata={
-            "help": "The '*_functional' variants' denoiser condition scaling (DenoiserConfig.condition_normalization; "
-            "the other variants keep the shared denoiser's): 'standardize' lets description differences reach it.",
-            "omit_default": True,
-        },
-    )
-    functional_prediction_type: str = field(
-        default="sample",
-        metadata={
-            "help": "What the '*_functional' variants' denoiser predicts. 'sample' (x̂₀): under ε-prediction the "
-            "clean estimate divides by √ᾱ_t, so the task loss's gradient is amplified up to 1/√ᾱ_T at large t."
-        },
-    )
-    functional_chain_steps: int = field(
-        default=300,
-        metadata={
-            "help": "Steps of fine-tuning through the sampling chain after meta-training, for the '*_functional' "
-            "variants (SPEC §3.7, DRaFT-K; meta_batch_size tasks a step, at the evaluation temperature; 0: none).",
-            "omit_default": True,
-        },
-    )
-    functional_chain_last_steps: int = field(
-        default=1,
-        metadata={
-            "help": "K of that fine-tuning: the chain's last K denoiser calls carry gradients.",
-            "omit_default": True,
-        },
+    functional: FunctionalRecipe = field(
+        default_factory=FunctionalRecipe,
+        metadata={"help": "How the '*_functional' variants are trained (SPEC §3.7): task-loss term, then the chain."},
     )
     hypernetwork_steps: int = field(default=600, metadata={"help": "Training steps of the one-pass hypernetwork."})
     fewshot_steps: int = field(
@@ -255,24 +209,6 @@ class LLMBenchConfig(DictConfigMixin):
         """The pipeline run of one generator variant; every variant shares the zoo (same task family, recorder)."""
         recipe, functional = variant_recipe(variant)
         spec = VARIANTS[recipe]
-        meta = replace(self.meta, algorithm=spec["algorithm"], seed=seed)
-        chain = ChainFinetuneConfig()
-        if functional:
-            meta = replace(
-                meta,
-                functional_weight=self.functional_weight,
-                functional_samples=self.functional_samples,
-                functional_input=self.functional_input,
-            )
-            if self.functional_chain_steps:  # else the default config, which stays out of the run's key
-                chain = ChainFinetuneConfig(
-                    steps=self.functional_chain_steps,
-                    last_steps=self.functional_chain_last_steps,
-                    tasks_per_step=meta.meta_batch_size,
-                    temperature=self.temperature,
-                    seed=seed,
-                )
-        prediction_type = self.functional_prediction_type if functional else self.prediction_type
         config = PipelineConfig(
             taskset=BASES[self.base]["taskset"],
             taskset_kwargs={
@@ -282,35 +218,24 @@ class LLMBenchConfig(DictConfigMixin):
                 **({"examples_per_class": self.examples_per_class} if self.examples_per_class else {}),
             },
             recorder=self.recorder,
-            scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=prediction_type),
-            denoiser=(
-                replace(self.denoiser, condition_normalization=self.functional_condition_normalization)
-                if functional
-                else self.denoiser
-            ),
+            scheduler=SchedulerConfig(num_segments=spec["num_segments"], prediction_type=self.prediction_type),
+            denoiser=self.denoiser,
             loss_variant=spec["loss_variant"],
-            meta=meta,
-            chain=chain,
+            meta=replace(self.meta, algorithm=spec["algorithm"], seed=seed),
             hypernetwork_steps=self.hypernetwork_steps if variant == "mcdi" else 0,
-            # t2l_sft beside the functional generator, with its budget of base-model passes (tasks × batches)
-            hypernetwork_sft_steps=self.functional_passes(meta, chain) if variant == "mcdi" + FUNCTIONAL else 0,
             codec_normalization=self.codec_normalization,
             loss_tensor_weights=self.loss_tensor_weights,
             min_snr_gamma=self.min_snr_gamma,
             temperature=self.temperature,
         )
+        if functional:
+            config = self.functional.apply(config, self.temperature, seed)
+        if variant == "mcdi" + FUNCTIONAL:  # t2l_sft beside it, with its budget of base-model passes
+            config.hypernetwork_sft_steps = self.functional.passes(config.meta, config.chain)
         # the temperature only changes the evaluation: another one re-evaluates the same trained generator
         trained = {k: v for k, v in config.to_dict().items() if k != "temperature"}
         config.output_dir = str(cache_root() / "runs" / f"{config.taskset}-{results_key(trained)}")
         return config
-
-    def functional_passes(self, meta: MetaTrainConfig, chain: ChainFinetuneConfig) -> int:
-        """Base-model passes of a functional variant's training per meta-batch slot: outer steps × inner steps ×
-        clean estimates scored (when λ > 0), plus the chain fine-tuning's steps — the steps (of ``meta_batch_size``
-        tasks) that give t2l_sft the same budget."""
-        inner = meta.inner_steps if meta.algorithm == "reptile" else 1
-        term = meta.num_outer_steps * inner * self.functional_samples if meta.functional_weight > 0 else 0
-        return term + chain.steps * chain.tasks_per_step // meta.meta_batch_size
 
 
 def results_key(value) -> str:

@@ -39,7 +39,7 @@ TINY = {
     "recorder": {"num_epochs": 2},
     "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
     "hypernetwork_steps": 4,
-    "functional_chain_steps": 3,
+    "functional": {"chain_steps": 3},
     "fewshot_steps": 2,
     "finetune_steps": 6,
     "multitask": {"num_epochs": 0.05},
@@ -220,9 +220,9 @@ def test_functional_variants_train_the_same_recipe_with_the_task_loss_term():
     """'mcdi_functional' is Mc-Di's pipeline with λ and its own prediction type; its settings leave the paper's
     variants (and their cached runs) untouched; unknown recipes are named."""
     default = LLMBenchConfig.for_base("minilm")
-    other = LLMBenchConfig.for_base("minilm", {"functional_weight": 3.0, "functional_prediction_type": "epsilon"})
+    other = LLMBenchConfig.for_base("minilm", {"functional": {"weight": 3.0, "prediction_type": "epsilon"}})
     functional, paper = default.pipeline(0, "mcdi_functional"), default.pipeline(0, "mcdi")
-    assert functional.meta.functional_weight == default.functional_weight > 0 == paper.meta.functional_weight
+    assert functional.meta.functional_weight == default.functional.weight > 0 == paper.meta.functional_weight
     assert functional.scheduler.prediction_type == "sample" and other.pipeline(0, "mcdi").scheduler == paper.scheduler
     assert (functional.meta.algorithm, functional.scheduler.num_segments) == ("reptile", 3)
     assert default.pipeline(0, "single_level_functional").meta.algorithm == "single_level"
@@ -236,8 +236,8 @@ def test_chain_finetuning_joins_the_functional_variants_and_t2l_sfts_budget():
     """Fine-tuning through the chain runs for the '*_functional' variants only, at the evaluation temperature, and
     its base-model passes are added to t2l_sft's budget; without it no key changes (cached runs stay valid)."""
     default = LLMBenchConfig.for_base("minilm")
-    chained = LLMBenchConfig.for_base("minilm", {"functional_chain_steps": 200, "functional_chain_last_steps": 5})
-    unchained = LLMBenchConfig.for_base("minilm", {"functional_chain_steps": 0})
+    chained = LLMBenchConfig.for_base("minilm", {"functional": {"chain_steps": 200, "chain_last_steps": 5}})
+    unchained = LLMBenchConfig.for_base("minilm", {"functional": {"chain_steps": 0}})
     run = chained.pipeline(1, "mcdi_functional")
     assert (run.chain.steps, run.chain.last_steps, run.chain.seed) == (200, 5, 1)
     assert run.chain.temperature == chained.temperature and run.chain.tasks_per_step == run.meta.meta_batch_size

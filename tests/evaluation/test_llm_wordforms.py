@@ -32,7 +32,7 @@ TINY = {
     "recorder": {"num_epochs": 1},
     "meta": {"num_outer_steps": 3, "meta_batch_size": 2, "samples_per_task": 2},
     "hypernetwork_steps": 3,
-    "functional_chain_steps": 2,
+    "functional": {"chain_steps": 2},
     "fewshot_steps": 1,
     "finetune_steps": 2,
     "multitask": {"num_epochs": 0.1},
