@@ -29,6 +29,23 @@ def mean_std(values: Sequence[float]) -> dict[str, float]:
     return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
 
 
+def paired_difference(a: torch.Tensor, b: torch.Tensor) -> dict[str, float]:
+    """Mean, sample std and count of the per-episode differences a − b of two methods scored on the same episodes
+    (:func:`pooled_interval` combines them over seeds into a paired confidence interval)."""
+    difference = (a.double() - b.double()).flatten()
+    return {"mean": float(difference.mean()), "std": float(difference.std()), "episodes": difference.numel()}
+
+
+def pooled_interval(parts: Sequence[Mapping[str, float]], z: float = 1.96) -> dict[str, float]:
+    """The paired differences of several seeds (:func:`paired_difference` each) pooled over all their episodes:
+    mean and the normal-approximation interval mean ± z·s/√n (z = 1.96: 95 %)."""
+    n = sum(p["episodes"] for p in parts)
+    mean = sum(p["mean"] * p["episodes"] for p in parts) / n
+    squares = sum((p["episodes"] - 1) * p["std"] ** 2 + p["episodes"] * (p["mean"] - mean) ** 2 for p in parts)
+    half = z * (squares / (n - 1) / n) ** 0.5
+    return {"mean": mean, "low": mean - half, "high": mean + half, "episodes": n}
+
+
 def percent(stat: Mapping[str, float]) -> str:
     """A ``mean_std`` of fractions as "mean ± std" in percent, one decimal."""
     return f"{100 * stat['mean']:.1f} ± {100 * stat['std']:.1f}"

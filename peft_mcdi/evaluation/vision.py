@@ -21,15 +21,16 @@ from peft_mcdi.evaluation.baselines.heads import (
     prototype_head,
 )
 from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork
-from peft_mcdi.evaluation.harness import first_reaching
+from peft_mcdi.evaluation.harness import first_reaching, paired_difference
 from peft_mcdi.evaluation.metrics import measured, median_ms
 from peft_mcdi.evaluation.plots import sampling_chains, sampling_pca_data
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.head import HeadGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig, local_target_epochs
+from peft_mcdi.meta.chain import finetune_through_chain
 from peft_mcdi.meta.data import load_raw_targets
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
-from peft_mcdi.pipeline import VARIANTS, PipelineConfig, build_generator
+from peft_mcdi.pipeline import FUNCTIONAL, VARIANTS, FunctionalRecipe, PipelineConfig, build_generator, variant_recipe
 from peft_mcdi.tasks.episodes import EpisodeBatch
 from peft_mcdi.tasks.vision_suites import VisionSuite, build_suite
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
@@ -56,7 +57,20 @@ class VisionBenchConfig(DictConfigMixin):
         metadata={"help": "Row-token denoiser (condition_dim is set to the suite's feature width)."},
     )
     num_train_timesteps: int = field(default=20, metadata={"help": "T of every variant."})
-    variants: list[str] = field(default_factory=lambda: list(VARIANTS), metadata={"help": f"Of {list(VARIANTS)}."})
+    variants: list[str] = field(
+        default_factory=lambda: [*VARIANTS, "mcdi" + FUNCTIONAL],
+        metadata={
+            "help": f"Generator variants, of {list(VARIANTS)}, each optionally with the suffix '{FUNCTIONAL}' "
+            "(trained with the functional recipe on residuals of the prototype rule)."
+        },
+    )
+    functional: FunctionalRecipe = field(
+        default_factory=lambda: FunctionalRecipe(anchor="prototype"),
+        metadata={
+            "help": "How the '*_functional' variants are trained (SPEC §3.7): heads anchored on the prototype rule, "
+            "the task-loss term on each training episode's labelled pool, then the chain."
+        },
+    )
     meta: MetaTrainConfig = field(
         default_factory=lambda: MetaTrainConfig(
             num_outer_steps=1500, meta_batch_size=8, samples_per_task=8, outer_lr=3e-3
@@ -71,6 +85,13 @@ class VisionBenchConfig(DictConfigMixin):
     codec_normalization: str = field(default="element", metadata={"help": "'tensor' or 'element' statistics."})
     condition_dropout: float = field(default=0.1, metadata={"help": "Condition dropout (guidance)."})
     hypernetwork_steps: int = field(default=1500, metadata={"help": "Training steps of the one-pass hypernetwork."})
+    fewshot_steps: int = field(
+        default=5,
+        metadata={
+            "help": "Adam steps (the zoo's learning rate, no SAM) on an episode's support set for the few-shot rows: "
+            "from the functional generator's head (mcdi_functional_fewshot) and from zeros (zero_fewshot)."
+        },
+    )
     reptile: ReptileHeadConfig = field(default_factory=ReptileHeadConfig, metadata={"help": "Reptile baseline."})
     finetune_steps: int = field(default=100, metadata={"help": "Budget of the gradient baselines (steps)."})
     finetune_lr: float = field(default=0.01, metadata={"help": "Adam lr of the logistic-regression baseline."})
@@ -88,9 +109,26 @@ class VisionBenchConfig(DictConfigMixin):
 
     def __post_init__(self) -> None:
         self.nested_from_dicts()
-        unknown = sorted(set(self.variants) - set(VARIANTS))
+        unknown = sorted(v for v in self.variants if variant_recipe(v)[0] not in VARIANTS)
         if unknown:
-            raise ValueError(f"unknown variants {unknown}; valid: {list(VARIANTS)}.")
+            raise ValueError(
+                f"unknown variants {unknown}; valid: {list(VARIANTS)}, each optionally with the suffix '{FUNCTIONAL}'."
+            )
+
+    def pipeline(self, name: str, feature_dim: int, taskset: str, seed: int) -> PipelineConfig:
+        """The pipeline settings of one generator variant (the functional ones through :attr:`functional`)."""
+        recipe, functional = variant_recipe(name)
+        spec = VARIANTS[recipe]
+        config = PipelineConfig(
+            taskset=taskset,
+            scheduler=SchedulerConfig(num_train_timesteps=self.num_train_timesteps, num_segments=spec["num_segments"]),
+            denoiser=DenoiserConfig(**{**self.denoiser.to_dict(), "condition_dim": feature_dim}),
+            codec_normalization=self.codec_normalization,
+            loss_variant=spec["loss_variant"],
+            condition_dropout=self.condition_dropout,
+            meta=MetaTrainConfig(**{**self.meta.to_dict(), "algorithm": spec["algorithm"], "seed": seed}),
+        )
+        return self.functional.apply(config, temperature=1.0, seed=seed) if functional else config
 
 
 def collect_zoo(suite: VisionSuite, suite_key: dict, recorder: RecorderConfig, progress: bool) -> ZooStore:
@@ -106,30 +144,22 @@ def meta_train_variant(
     name: str, suite: VisionSuite, store: ZooStore, config: VisionBenchConfig, run_dir: Path, seed: int,
     evaluate_curve, progress: bool,
 ) -> tuple[HeadGenerator, dict]:  # fmt: skip
-    """Build and meta-train one variant, measuring held-out accuracy at each budget on the way."""
-    spec = VARIANTS[name]
-    denoiser = DenoiserConfig(**{**config.denoiser.to_dict(), "condition_dim": suite.feature_dim})
-    pipeline = PipelineConfig(
-        taskset=suite.name,
-        scheduler=SchedulerConfig(num_train_timesteps=config.num_train_timesteps, num_segments=spec["num_segments"]),
-        denoiser=denoiser,
-        codec_normalization=config.codec_normalization,
-        loss_variant=spec["loss_variant"],
-        condition_dropout=config.condition_dropout,
-        meta=MetaTrainConfig(**{**config.meta.to_dict(), "algorithm": spec["algorithm"], "seed": seed}),
-    )
+    """Build and meta-train one variant, measuring held-out accuracy at each budget on the way; a functional variant
+    then fine-tunes through its sampling chain (its last curve point, ``"chain_steps"``)."""
+    pipeline = config.pipeline(name, suite.feature_dim, suite.name, seed)
+    train = list(suite.train)
     generator, data = build_generator(pipeline, store, suite.tasksets(next(iter(suite.tests))))
-    trainer = MetaTrainer(generator, data, pipeline.meta, output_dir=run_dir / name)
+    scored = train if pipeline.meta.functional_weight > 0 else None  # the functional term's episodes
+    trainer = MetaTrainer(generator, data, pipeline.meta, output_dir=run_dir / name, tasks=scored)
     trainer.maybe_resume()
     # The curve (cumulative meta-training seconds and held-out accuracy at each budget) is kept beside the
     # checkpoints, so a resumed run reports the points measured before the interruption instead of re-measuring them
     # on a later generator.
     record = run_dir / name / "curve.json"
-    points = {p["outer_steps"]: p for p in json.loads(record.read_text())} if record.is_file() else {}
+    points = {p.get("outer_steps", "chain"): p for p in json.loads(record.read_text())} if record.is_file() else {}
     seconds = 0.0
-    for budget in sorted(
-        {*[b for b in config.budgets if b < config.meta.num_outer_steps], config.meta.num_outer_steps}
-    ):
+    budgets = sorted({*[b for b in config.budgets if b < config.meta.num_outer_steps], config.meta.num_outer_steps})
+    for budget in budgets:
         if budget in points:
             seconds = points[budget]["meta_train_seconds"]
             continue
@@ -139,7 +169,16 @@ def meta_train_variant(
         seconds += time.perf_counter() - start  # a run resumed past its last record undercounts; none do here
         points[budget] = {"outer_steps": budget, "meta_train_seconds": seconds, "accuracy": evaluate_curve(generator)}
         atomic_write_text(record, json.dumps(list(points.values()), indent=1))
-    curve = [points[b] for b in sorted(points)]
+    curve = [points[b] for b in budgets]
+    if pipeline.chain.steps:  # resumes from its own checkpoints (a finished one loads its result)
+        start = time.perf_counter()
+        chain_dir = run_dir / name / "chain"
+        finetune_through_chain(generator, data, train, pipeline.chain, progress, checkpoint_dir=chain_dir)
+        if "chain" not in points:
+            points["chain"] = {"chain_steps": pipeline.chain.steps, "chain_seconds": time.perf_counter() - start,
+                               "accuracy": evaluate_curve(generator)}  # fmt: skip
+            atomic_write_text(record, json.dumps(list(points.values()), indent=1))
+        curve.append(points["chain"])
     return config.head_generator(generator), {
         "curve": curve,
         "meta_train_seconds": seconds,
@@ -159,26 +198,29 @@ def _mean(x: torch.Tensor) -> float:
 def evaluate_setting(
     batch: EpisodeBatch,
     generators: dict[str, HeadGenerator],
-    hypernetwork: OnePassHypernetwork | None,
+    one_pass: dict[str, OnePassHypernetwork],
     reptile: ReptileHeadInit,
     zoo_rows: torch.Tensor,
     zoo_conditions: torch.Tensor,
     config: VisionBenchConfig,
 ) -> dict:
-    """Every method on the episodes of one setting; accuracy per episode, plus cost."""
+    """Every method on the episodes of one setting: accuracy per episode, cost, and the paired differences over
+    episodes of the functional generator against the free rule and logistic regression."""
     E, N = batch.support_x.shape[0], batch.num_ways
     seeds = list(range(E))
     acc: dict[str, torch.Tensor] = {}
     cost: dict[str, dict] = {}
     one = batch[:1]
-    generated_rows = {}
-    if "mcdi" in generators:  # the ablation of the sampling options: one draw, no guidance
-        generators = {**generators, "mcdi_1_sample": config.head_generator(generators["mcdi"].generator, True)}
+    generated, generated_rows = {}, {}
+    functional = "mcdi" + FUNCTIONAL
+    for name in ("mcdi", functional):  # the ablation of the sampling options: one draw, no guidance
+        if name in generators:
+            generators = {**generators, f"{name}_1_sample": config.head_generator(generators[name].generator, True)}
     for name, gen in generators.items():
         heads, batched_s, peak = measured(
             lambda g=gen: g.generate_heads(batch.support_x, batch.support_y, N, seed=seeds)
         )
-        acc[name] = batch.accuracy(heads)
+        acc[name], generated[name] = batch.accuracy(heads), heads
         generated_rows[name] = _rows_of(heads)
         cost[name] = {
             "ms_per_episode_median": median_ms(
@@ -187,11 +229,18 @@ def evaluate_setting(
             "episodes_per_s_batched": E / batched_s,
             "peak_memory_mb_batched": peak,
         }
-    if hypernetwork is not None:
-        acc["hypernetwork"] = batch.accuracy(hypernetwork.generate(batch.prototypes))
-        cost["hypernetwork"] = {
-            "ms_per_episode_median": median_ms(lambda: hypernetwork.generate(one.prototypes), config.latency_repeats)
+    for name, network in one_pass.items():
+        acc[name] = batch.accuracy(network.generate(batch.prototypes))
+        cost[name] = {
+            "ms_per_episode_median": median_ms(lambda n=network: n.generate(one.prototypes), config.latency_repeats)
         }
+    if functional in generators:
+        acc["anchor"] = batch.accuracy(generators[functional].generator.anchor(batch.prototypes))
+        lr = config.recorder.lr  # the few-shot rows differ only in where they start
+        acc[f"{functional}_fewshot"] = train_heads(
+            batch, config.fewshot_steps, lr, init=generated[functional]
+        ).accuracy[-1]
+        acc["zero_fewshot"] = train_heads(batch, config.fewshot_steps, lr).accuracy[-1]
     acc["prototype"] = batch.accuracy(prototype_head(batch))
     cost["prototype"] = {"ms_per_episode_median": median_ms(lambda: prototype_head(one), config.latency_repeats)}
 
@@ -245,9 +294,15 @@ def evaluate_setting(
     distances["per_task_reference"] = _mean(
         torch.cdist(_rows_of(reference.params).flatten(0, 1), zoo_rows).min(1).values
     )
+    paired = {
+        f"{functional} - {other}": paired_difference(acc[functional], acc[other])
+        for other in ("prototype", "logistic_regression")
+        if functional in acc
+    }
     return {
         "num_episodes": E,
         "accuracy": {k: _mean(v) for k, v in acc.items()},
+        **({"paired_difference": paired} if paired else {}),
         "accuracy_std_over_episodes": {k: float(v.float().std()) for k, v in acc.items()},
         "cost": cost,
         "distance_to_nearest_zoo_row": distances,
@@ -312,24 +367,37 @@ def run_vision_benchmark(
         generators[name], training[name] = meta_train_variant(
             name, suite, store, config, run_dir, seed, evaluate_curve, progress
         )
-        log(f"{name}: curve {[(c['outer_steps'], round(c['accuracy'], 4)) for c in training[name]['curve']]}")
-    any_gen = next(iter(generators.values())).generator
-    hypernetwork = None
-    if config.hypernetwork_steps:
+        curve = [(c.get("outer_steps", "chain"), round(c["accuracy"], 4)) for c in training[name]["curve"]]
+        log(f"{name}: curve {curve}")
+    one_pass = {}
+    paper = [g.generator for n, g in generators.items() if not variant_recipe(n)[1]]
+    if config.hypernetwork_steps and paper:  # regression onto the zoo's final heads, with the paper's codec
         _, data = build_generator(
             PipelineConfig(
                 taskset=suite.name,
                 scheduler=SchedulerConfig(num_segments=1),
                 codec_normalization=config.codec_normalization,
-                denoiser=any_gen.config.denoiser,
+                denoiser=paper[0].config.denoiser,
             ),  # fmt: skip
             store,
             suite.tasksets(first),
         )
-        hypernetwork = OnePassHypernetwork.like(any_gen)
+        one_pass["hypernetwork"] = OnePassHypernetwork.like(paper[0])
         start = time.perf_counter()
-        hypernetwork.fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=progress)
+        one_pass["hypernetwork"].fit(data, num_steps=config.hypernetwork_steps, seed=seed, progress=progress)
         training["hypernetwork"] = {"train_seconds": time.perf_counter() - start}
+    functional = "mcdi" + FUNCTIONAL
+    if functional in generators:  # the one-pass functional baseline, anchored alike, with the same budget of passes
+        pipeline = config.pipeline(functional, suite.feature_dim, suite.name, seed)
+        _, data = build_generator(pipeline, store, suite.tasksets(first))
+        steps = config.functional.passes(pipeline.meta, pipeline.chain)
+        one_pass["hypernetwork_sft"] = OnePassHypernetwork.like(generators[functional].generator)
+        start = time.perf_counter()
+        one_pass["hypernetwork_sft"].fit_functional(
+            data, list(suite.train), steps, pipeline.meta.meta_batch_size, seed=seed, progress=progress,
+            checkpoint_dir=run_dir / "hypernetwork_sft",
+        )  # fmt: skip
+        training["hypernetwork_sft"] = {"train_seconds": time.perf_counter() - start, "steps": steps}
 
     reptile = ReptileHeadInit(suite.feature_dim, ReptileHeadConfig(**{**config.reptile.to_dict(), "seed": seed}))
     g = torch.Generator().manual_seed(seed)
@@ -348,7 +416,7 @@ def run_vision_benchmark(
     settings = {}
     for setting, episodes in suite.tests.items():
         settings[setting] = evaluate_setting(
-            EpisodeBatch.stack(episodes), generators, hypernetwork, reptile, zoo_rows, zoo_conditions, config
+            EpisodeBatch.stack(episodes), generators, one_pass, reptile, zoo_rows, zoo_conditions, config
         )
         ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
         log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))

@@ -11,13 +11,19 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from peft_mcdi.evaluation.harness import mean_std, percent
+from peft_mcdi.evaluation.harness import mean_std, percent, pooled_interval
 from peft_mcdi.evaluation.plots import metric_vs_time_data, plot_metric_vs_time, plot_sampling_pca
 
 
 LABELS = {
     "mcdi": "Mc-Di",
     "mcdi_1_sample": "Mc-Di, 1 sample, no guidance",
+    "mcdi_functional": "Mc-Di, functional (prototype anchor + task loss + chain)",
+    "mcdi_functional_1_sample": "Mc-Di, functional, 1 sample, no guidance",
+    "mcdi_functional_fewshot": "functional Mc-Di's head + a few Adam steps on the support set",
+    "zero_fewshot": "zero head + the same Adam steps",
+    "anchor": "the anchor alone (prototype rule at the fitted scale)",
+    "hypernetwork_sft": "one-pass hypernetwork through the task loss (t2l_sft), anchored",
     "mvdi": "Mv-Di (k = 1)",
     "twdi": "Tw-Di",
     "single_level": "single-level diffusion (no meta-learning)",
@@ -29,7 +35,6 @@ LABELS = {
     "nearest_training_rows": "nearest training class rows",
     "mean_of_zoo": "mean head of zoo",
 }
-GENERATORS = ("mcdi", "mvdi", "twdi", "single_level")
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -56,6 +61,11 @@ def summarize(runs: Sequence[Mapping]) -> dict:
             "distance_to_nearest_zoo_row": {
                 m: statistics.fmean(r["distance_to_nearest_zoo_row"][m] for r in results)
                 for m in results[0]["distance_to_nearest_zoo_row"]
+            },
+            # paired over every episode of every seed: the functional generator against the free rules
+            "paired_difference": {
+                pair: pooled_interval([r["paired_difference"][pair] for r in results])
+                for pair in results[0].get("paired_difference", {})
             },
         }
         for method, cost in results[0]["cost"].items():
@@ -114,6 +124,13 @@ def markdown(summary: Mapping, runs: Sequence[Mapping], title: str, command: str
     for m in methods:
         cells = [percent(summary[s]["accuracy"][m]) if m in summary[s]["accuracy"] else "n/a" for s in settings]
         lines.append(f"| {LABELS.get(m, m)} | " + " | ".join(cells) + " |")
+    paired = [(s, pair, v) for s in settings for pair, v in summary[s].get("paired_difference", {}).items()]
+    if paired:
+        lines += ["", "## Paired differences over episodes (all seeds pooled; points, 95 % interval)", "",
+                  "| setting | difference | mean | 95 % interval | episodes |", "|---|---|---|---|---|"]  # fmt: skip
+        for s, pair, v in paired:
+            lines.append(f"| {s} | {pair} | {100 * v['mean']:+.1f} | [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}] "
+                         f"| {v['episodes']} |")  # fmt: skip
     lines += ["", "## Cost of producing one head (median over seeds)", "",
               "| setting | method | ms / episode | episodes / s batched | steps to match Mc-Di (per seed) |",
               "|---|---|---|---|---|"]  # fmt: skip
@@ -131,6 +148,8 @@ def markdown(summary: Mapping, runs: Sequence[Mapping], title: str, command: str
             if "curve" in train:
                 points = "; ".join(
                     f"({p['outer_steps']}, {p['meta_train_seconds']:.0f} s, {100 * p['accuracy']:.1f})"
+                    if "outer_steps" in p
+                    else f"(+{p['chain_steps']} chain steps, {p['chain_seconds']:.0f} s, {100 * p['accuracy']:.1f})"
                     for p in train["curve"]
                 )
                 lines.append(f"| {run['suite']} | {run['seed']} | {LABELS.get(name, name)} | {points} |")

@@ -401,7 +401,7 @@ class TokenSetDenoiser(_Denoiser):
             # class's difference from the others), which no linear map of the prototypes gives. v starts at zero,
             # so the skip starts switched off.
             self.condition_gate = nn.Linear(H, 3)
-            self.condition_scale = nn.Parameter(torch.zeros(3, config.condition_dim))
+            self.condition_skip_scale = nn.Parameter(torch.zeros(3, config.condition_dim))
             self.condition_sharpness = nn.Parameter(torch.ones(config.condition_dim))
         self._plans: dict = {}
         self._row_space_key, self._row_spaces = None, {}
@@ -510,7 +510,7 @@ class TokenSetDenoiser(_Denoiser):
             if condition_rows is not None:
                 gate = self.condition_gate(hg)  # (B, n_type, 3)
                 # (B, n_type, C): the gated own/mean condition, per weight coordinate
-                add = torch.einsum("bnk,bnkc,kc->bnc", gate, condition_rows[:, g.tokens], self.condition_scale)
+                add = torch.einsum("bnk,bnkc,kc->bnc", gate, condition_rows[:, g.tokens], self.condition_skip_scale)
                 C = add.shape[-1]
                 o = torch.cat([o[..., :C] + add, o[..., C:]], dim=-1)
             outs.append(o)

@@ -26,7 +26,8 @@ from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, ch
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
 WEIGHTS_NAME = "model.safetensors"
-# 2: an optional anchor (GeneratorConfig.anchor, tensors under 'anchor.'); version-1 folders load unchanged.
+# 2: an optional anchor (GeneratorConfig.anchor, tensors under 'anchor.'); the condition skip's vectors renamed
+# (see upgrade_state). Version-1 folders load.
 FORMAT_VERSION = 2
 
 
@@ -124,6 +125,16 @@ def denoiser_for_codec(config: DenoiserConfig, codec: WeightCodec, num_train_tim
         return build_denoiser(config, num_train_timesteps, sample_dim=codec.dim())
     parts = {"row": [[codec.unit_dim]]} if codec.row_tokens else codec.token_layout().type_parts()
     return build_denoiser(config, num_train_timesteps, token_parts=parts)
+
+
+def upgrade_state(state: dict[str, torch.Tensor], config: GeneratorConfig) -> dict[str, torch.Tensor]:
+    """A saved state in this version's names. Version 1 called the condition skip's (3, C) vectors
+    ``denoiser.condition_scale``, the name of the ``'standardize'`` statistics' scale, so a head denoiser could not
+    have both; they are ``denoiser.condition_skip_scale`` now."""
+    old, new = "denoiser.condition_scale", "denoiser.condition_skip_scale"
+    if config.format_version < 2 and config.denoiser.condition_skip and state.get(old, torch.ones(())).dim() == 2:
+        state = {(new if k == old else k): v for k, v in state.items()}
+    return state
 
 
 class McDiGenerator(AnchoredDecoding, nn.Module):
@@ -327,6 +338,7 @@ class McDiGenerator(AnchoredDecoding, nn.Module):
             state = load_file(folder / WEIGHTS_NAME)
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{folder / WEIGHTS_NAME} is corrupt or truncated ({err}).") from err
+        state = upgrade_state(state, config)
         model.train_conditions = torch.zeros_like(state.get("train_conditions", model.train_conditions))
         model.load_state_dict(state, strict=True)
         return model.to(device)

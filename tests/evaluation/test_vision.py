@@ -18,7 +18,9 @@ pytestmark = pytest.mark.skipif(
 
 SUITE = {"heldout_domain": "rotated", "images_per_class": 20, "num_train_tasks": 16, "num_test_tasks": 6}
 METHODS = {"mcdi", "mcdi_1_sample", "mvdi", "twdi", "single_level", "hypernetwork", "prototype", "logistic_regression",
-           "per_task_reference", "reptile_finetune", "mean_of_zoo", "nearest_training_rows"}  # fmt: skip
+           "per_task_reference", "reptile_finetune", "mean_of_zoo", "nearest_training_rows", "mcdi_functional",
+           "mcdi_functional_1_sample", "mcdi_functional_fewshot", "zero_fewshot", "anchor",
+           "hypernetwork_sft"}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +31,7 @@ def tiny_run():
                   "condition_skip": True},
         budgets=[3], curve_episodes=3, hypernetwork_steps=5, reptile={"outer_steps": 3, "meta_batch_size": 2},
         finetune_steps=4, recorder={"num_epochs": 2, "lr": 0.01, "rho": 0.05}, latency_repeats=2,
+        functional={"chain_steps": 2, "anchor": "prototype"}, fewshot_steps=2,
     )  # fmt: skip
     return config, run_vision_benchmark("vision-dg", SUITE, config, seed=0, log=lambda *a: None)
 
@@ -44,11 +47,19 @@ def test_every_method_on_the_same_episodes(tiny_run):
         assert cost["mcdi"]["ms_per_episode_median"] > 0 and cost["mcdi"]["episodes_per_s_batched"] > 0
         assert cost["per_task_reference"]["steps"] == 2 * 5  # the zoo's recipe: M epochs × steps per epoch
         assert "steps_to_match_mcdi" in cost["logistic_regression"]
+        # the anchor is the nearest-centroid rule at its fitted scale: the prototype baseline's answers exactly
+        assert abs(result["accuracy"]["anchor"] - result["accuracy"]["prototype"]) < 1e-6
+        paired = result["paired_difference"]["mcdi_functional - prototype"]
+        gap = result["accuracy"]["mcdi_functional"] - result["accuracy"]["prototype"]
+        assert paired["episodes"] == 6 and abs(paired["mean"] - gap) < 1e-6
     curve = run["training"]["mcdi"]["curve"]
     assert [p["outer_steps"] for p in curve] == [3, 6] and curve[1]["meta_train_seconds"] >= curve[0][
         "meta_train_seconds"
     ]
     assert len(run["pca"]["chains"]) == 3 and len(run["pca"]["heldout"][0]) == 3  # θ₀ + 2 epochs
+    functional = run["training"]["mcdi_functional"]["curve"]  # the budgets, then the chain fine-tuning
+    assert [p.get("outer_steps") for p in functional] == [3, 6, None] and functional[-1]["chain_steps"] == 2
+    assert run["training"]["hypernetwork_sft"]["steps"] > 0
 
 
 def test_rerun_resumes_from_the_caches(tiny_run):
@@ -68,6 +79,9 @@ def test_report(tiny_run, tmp_path):
     assert entry["seeds"] == 2 and entry["accuracy"]["mcdi"]["std"] == 0.0
     text = markdown(summary, [run], "tiny", "python benchmarks/vision.py --quick")
     assert "| Mc-Di |" in text and "vision-dg-rotated/5w5s" in text and "steps to match" in text
+    interval = entry["paired_difference"]["mcdi_functional - prototype"]
+    assert interval["episodes"] == 12 and interval["low"] <= interval["mean"] <= interval["high"]
+    assert "| vision-dg-rotated/5w1s | mcdi_functional - prototype |" in text and "+2 chain steps" in text
     paths = write_pictures(summary, [run], tmp_path / "vision_tiny")
     assert [p.name for p in paths] == ["vision_tiny_vision-dg-rotated_accuracy_vs_time.png", "vision_tiny_pca.png"]
     assert all(p.stat().st_size > 1000 for p in paths)

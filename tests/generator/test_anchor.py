@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from peft_mcdi.generator.anchor import PrototypeAnchor
 from peft_mcdi.generator.denoisers import DenoiserConfig
@@ -115,3 +115,32 @@ def test_an_anchored_generator_trains_on_the_zoo_heads_minus_the_rule(tmp_path):
     for name in ("weight", "bias"):
         final = torch.stack([store.read(t.task_id).params[name][-1] for t in tasks[:5]])
         torch.testing.assert_close(decoded[name], final, rtol=1e-4, atol=1e-5)
+
+
+def test_a_version_1_head_generator_with_the_condition_skip_loads_under_the_new_name(tmp_path):
+    """Version 1 saved the skip's vectors as 'denoiser.condition_scale' (the name the 'standardize' statistics use)."""
+    skip = DenoiserConfig(**{**DENOISER.to_dict(), "condition_skip": True})
+    generator = McDiGenerator(GeneratorConfig(codec=HEAD_CODEC, denoiser=skip))
+    with torch.no_grad():
+        generator.denoiser.condition_skip_scale.normal_()
+    generator.save_pretrained(tmp_path)
+    state = load_file(tmp_path / WEIGHTS_NAME)
+    state["denoiser.condition_scale"] = state.pop("denoiser.condition_skip_scale")
+    save_file(state, tmp_path / WEIGHTS_NAME)
+    config = json.loads((tmp_path / CONFIG_NAME).read_text())
+    (tmp_path / CONFIG_NAME).write_text(json.dumps({**config, "format_version": 1}))
+    loaded = McDiGenerator.from_pretrained(tmp_path)
+    torch.testing.assert_close(loaded.denoiser.condition_skip_scale, generator.denoiser.condition_skip_scale)
+    _, _, p = episode()
+    torch.testing.assert_close(
+        loaded.generate(p[None], seed=1)["weight"], generator.generate(p[None], seed=1)["weight"]
+    )
+
+
+def test_standardised_conditions_and_the_condition_skip_live_side_by_side():
+    both = DenoiserConfig(**{**DENOISER.to_dict(), "condition_skip": True, "condition_normalization": "standardize"})
+    generator = McDiGenerator(GeneratorConfig(codec=HEAD_CODEC, denoiser=both, anchor="prototype"))
+    _, _, p = episode()
+    generator.set_training_conditions(p[None].expand(3, -1, -1) + torch.randn(3, 5, DIM))
+    assert generator.denoiser.condition_scale.dim() == 0 and generator.denoiser.condition_skip_scale.shape == (3, DIM)
+    assert generator.generate(p[None], seed=0)["weight"].shape == (1, 5, DIM)

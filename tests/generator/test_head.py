@@ -98,11 +98,11 @@ def test_condition_skip_uses_the_condition_and_drops_with_it():
     layout = gen.layout(N)
     base = gen.denoiser(sample, t, condition, layout=layout)
     with torch.no_grad():
-        gen.denoiser.condition_scale.zero_()
+        gen.denoiser.condition_skip_scale.zero_()
     without = gen.denoiser(sample, t, condition, layout=layout)
     assert not torch.allclose(base, without)
     with torch.no_grad():
-        gen.denoiser.condition_scale.normal_()
+        gen.denoiser.condition_skip_scale.normal_()
     dropped = torch.tensor([True])
     rows = gen.denoiser.condition_rows(condition, dropped)
     assert rows.shape == (1, N, 3, DIM) and (rows == 0).all()
