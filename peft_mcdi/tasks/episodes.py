@@ -128,6 +128,16 @@ class HeadTask(Task):
         x, y = batch
         return F.cross_entropy(head_logits(params, x), y)
 
+    @classmethod
+    def grouped_loss(cls, tasks, params: dict[str, torch.Tensor], batches) -> torch.Tensor:
+        """(G,) cross-entropies of heads ``params`` (weight (G, N, d), bias (G, N)) on ``batches[g]``: one batched
+        pass when the batches have one shape (a meta-batch of episodes), one per episode otherwise."""
+        if len({tuple(x.shape) for x, _ in batches}) > 1:
+            return super().grouped_loss(tasks, params, batches)
+        x, y = torch.stack([b[0] for b in batches]), torch.stack([b[1] for b in batches])  # (G, n, d), (G, n)
+        logits = head_logits(params, x)  # (G, n, N)
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(y.shape).mean(1)
+
     def train_batches(self, epoch: int, generator: torch.Generator):
         for _ in range(self.config.steps_per_epoch):
             yield self.pool_x, self.pool_y

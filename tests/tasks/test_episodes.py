@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from peft_mcdi.tasks.episodes import EpisodeBatch, EpisodeConfig, prototypes, sample_episodes
+from peft_mcdi.tasks.episodes import EpisodeBatch, EpisodeConfig, HeadTask, prototypes, sample_episodes
 from tests.tasks.synthetic import clustered_features
 
 
@@ -59,3 +59,22 @@ def test_prototypes_and_batched_accuracy(features):
     torch.testing.assert_close(batch.accuracy(heads), per_task)
     assert batch.accuracy(heads).mean() > 0.8  # well-separated clusters: nearest centroid is accurate
     torch.testing.assert_close(prototypes(batch.support_x, batch.support_y, 5), protos)
+
+
+def test_grouped_loss_is_each_episodes_own_loss_batched_or_not():
+    features = clustered_features()
+    config = EpisodeConfig(num_ways=4, num_shots=[2], num_queries=3, pool_shots=5)
+    tasks = sample_episodes(features, range(12), config, 3, seed=5, prefix="g")
+    g = torch.Generator().manual_seed(0)
+    params = {
+        "weight": torch.randn(3, 4, features.features.shape[1], generator=g),
+        "bias": torch.randn(3, 4, generator=g),
+    }
+    batches = [next(iter(t.train_batches(0, g))) for t in tasks]
+    own = torch.stack(
+        [t.loss({k: v[i] for k, v in params.items()}, b) for i, (t, b) in enumerate(zip(tasks, batches))]
+    )
+    torch.testing.assert_close(HeadTask.grouped_loss(tasks, params, batches), own)
+    uneven = [batches[0], (batches[1][0][:-1], batches[1][1][:-1]), batches[2]]  # another shape: one pass each
+    own[1] = tasks[1].loss({k: v[1] for k, v in params.items()}, uneven[1])
+    torch.testing.assert_close(HeadTask.grouped_loss(tasks, params, uneven), own)
