@@ -43,7 +43,8 @@ TITLES = {
 QUICK = {  # minutes instead of hours; same code paths
     "suite": {"num_train_tasks": 300, "num_test_tasks": 100},
     "bench": {"meta": {"num_outer_steps": 300}, "budgets": [150], "hypernetwork_steps": 300,
-              "reptile": {"outer_steps": 100}, "latency_repeats": 10, "curve_episodes": 50},
+              "reptile": {"outer_steps": 100}, "latency_repeats": 10, "curve_episodes": 50,
+              "functional": {"chain_steps": 100}},
 }  # fmt: skip
 
 
