@@ -147,6 +147,15 @@ def _test_episodes(config: SuiteConfig, settings: dict, features: FeatureSet, cl
 class FewShotSuiteConfig(SuiteConfig):
     glyphs: dict = field(default_factory=dict, metadata={"help": "GlyphConfig overrides (its seed = the suite's)."})
     backbone: dict = field(default_factory=dict, metadata={"help": "Conv4TrainConfig overrides."})
+    test_glyphs: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "GlyphConfig overrides for the evaluation scripts' renders only, e.g. stronger distortions: "
+            "test episodes then see images unlike any the backbone and the meta-training episodes had (a harder "
+            "suite by changing the data, issue 22). Rendering options only: the classes must stay the same. "
+            "{}: the same renders as the background scripts."
+        },
+    )
 
 
 def build_fewshot_suite(config: FewShotSuiteConfig, progress: bool = False) -> VisionSuite:
@@ -157,9 +166,19 @@ def build_fewshot_suite(config: FewShotSuiteConfig, progress: bool = False) -> V
     conv4 = pretrained_conv4(
         background.images, background.labels, Conv4TrainConfig(**{"seed": config.seed, **config.backbone}), progress
     )
-    cached = cached_features(conv4.cache_key, glyphs.images, lambda x: conv4_features(conv4, x))
-    features = FeatureSet("glyphs", cached, torch.from_numpy(glyphs.labels))
     splits = np.array([c["split"] for c in glyphs.classes])
+    images = glyphs.images
+    if config.test_glyphs:
+        shifted = load_glyphs(GlyphConfig(**{"seed": config.seed, **config.glyphs, **config.test_glyphs}), progress)
+        if shifted.classes != glyphs.classes or not np.array_equal(shifted.labels, glyphs.labels):
+            raise ValueError(
+                f"test_glyphs={config.test_glyphs} changes the glyph classes or their number of images; it may only "
+                "change how they are rendered (augmentation: rotation_deg, shear_deg, elastic_alpha, stroke_px, ...)."
+            )
+        evaluation = (splits[glyphs.labels] == "evaluation")[:, None, None]
+        images = np.where(evaluation, shifted.images, glyphs.images)
+    cached = cached_features(conv4.cache_key, images, lambda x: conv4_features(conv4, x))
+    features = FeatureSet("glyphs", cached, torch.from_numpy(glyphs.labels))
     train_classes = np.flatnonzero(splits == "background").tolist()
     test_classes = np.flatnonzero(splits == "evaluation").tolist()
     train = sample_episodes(

@@ -55,10 +55,17 @@ def test_transfer_targets_never_reach_meta_training():
     assert set(suite.tests) == {"fashion-5w1s", "fashion-5w5s", "digits-5w1s", "digits-5w5s"}
 
 
+FEWSHOT = {"glyphs": TINY_GLYPHS, "backbone": {"epochs": 1}, "settings": ["5w1s", "20w5s"], **TINY}
+
+
+@pytest.fixture(scope="module")
+def fewshot_suite():
+    return build_suite("glyphs-fewshot", **FEWSHOT)
+
+
 @needs_fonts
-def test_fewshot_evaluation_classes_are_unseen():
-    suite = build_suite("glyphs-fewshot", glyphs=TINY_GLYPHS, backbone={"epochs": 1}, settings=["5w1s", "20w5s"],
-                        **TINY)  # fmt: skip
+def test_fewshot_evaluation_classes_are_unseen(fewshot_suite):
+    suite = fewshot_suite
     train_classes, test_classes = set(suite.info["train_classes"]), set(suite.info["test_classes"])
     assert not train_classes & test_classes
     scripts = {c["script"] for c in suite.info["glyph_classes"] if c["split"] == "evaluation"}
@@ -66,6 +73,17 @@ def test_fewshot_evaluation_classes_are_unseen():
     assert all(set(t.classes) <= train_classes for t in suite.train)
     assert all(set(t.classes) <= test_classes for episodes in suite.tests.values() for t in episodes)
     assert suite.tests["20w5s"][0].condition.shape == (20, 64) and suite.train[0].condition.shape == (5, 64)
+
+
+@needs_fonts
+def test_distorted_evaluation_renders_change_the_test_episodes_only(fewshot_suite):
+    distorted = build_suite("glyphs-fewshot", **FEWSHOT, test_glyphs={"rotation_deg": 40.0, "elastic_alpha": 3.0})
+    for ours, theirs in zip(fewshot_suite.train, distorted.train):  # the backbone and meta-training are untouched
+        assert ours.task_id == theirs.task_id and torch.equal(ours.pool_x, theirs.pool_x)
+    ours, theirs = fewshot_suite.tests["5w1s"][0], distorted.tests["5w1s"][0]
+    assert ours.classes == theirs.classes and not torch.allclose(ours.query_x, theirs.query_x)
+    with pytest.raises(ValueError, match="may only change how they are rendered"):
+        build_suite("glyphs-fewshot", **FEWSHOT, test_glyphs={"max_chars_per_script": 11})
 
 
 @needs_fashion
