@@ -84,7 +84,7 @@ def main() -> None:
     overrides = merged(QUICK, json.loads(args.config or "{}")) if args.quick else json.loads(args.config or "{}")
     config = LLMBenchConfig.for_base(args.base, overrides)
     key = results_key(config.to_dict())
-    runs = recorded_runs(stem, key)  # seeds finished under this configuration, on this machine or another
+    runs = {r["seed"]: r for r in recorded_runs(stem, key)}  # seeds finished under this configuration, anywhere
     seeds = seeds_to_run(args.seeds, args.quick)
     print(f"LLM benchmark: {args.base}, seeds {seeds}; results in {stem}.json"
           + (f" (seeds {sorted(runs)} recorded there under this configuration are read back)" if runs else ""),

@@ -9,11 +9,14 @@ prototype, Reptile and memorisation baselines, on the same test episodes (issue 
 
 Each seed reruns the suite (data split, backbone, zoo, meta-training, episodes); every stage is cached under
 ``$MCDI_CACHE`` (default ``~/.cache/peft_mcdi``), so an interrupted run resumes and a rerun only re-evaluates.
-Results go to ``benchmarks/results/vision_<suite>.json`` (after every seed) with a Markdown table and PNG plots.
+Results go to ``benchmarks/results/vision_<suite>.json`` (after every run) with a Markdown table and PNG plots. The
+JSON is also the durable record of finished runs: one it holds under the same configuration is read back, so seeds
+run in separate sessions (whose caches need not travel) add up to one table.
 """
 
 import argparse
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,11 +24,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.evaluation.harness import run_script, seeds_to_run, write_record  # noqa: E402
+from peft_mcdi.evaluation.harness import recorded_runs, run_script, seeds_to_run, write_record  # noqa: E402
 from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark  # noqa: E402
 from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures  # noqa: E402
 from peft_mcdi.tasks.vision_suites import DG_DOMAINS  # noqa: E402
-from peft_mcdi.utils import merged  # noqa: E402
+from peft_mcdi.utils import merged, stable_hash  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
@@ -86,22 +89,47 @@ def main() -> None:
     suite_overrides = json.loads(args.suite_config) if args.suite_config else {}
     if args.quick:
         suite_overrides = {**QUICK["suite"], **suite_overrides}
-    command = "python benchmarks/vision.py " + " ".join(sys.argv[1:])
     seeds = seeds_to_run(args.seeds, args.quick)
+    key = stable_hash([config.to_dict(), suite_overrides])  # the configuration every run of this call is made under
     print(f"vision benchmark: suites {suites}, seeds {seeds}; results in {args.out_dir}", flush=True)
     for suite in suites:
-        stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
-        runs = []
-        for seed in seeds:
-            for name, overrides in SUITES[suite]:
-                start = time.perf_counter()
-                run = run_vision_benchmark(name, {**overrides, **suite_overrides}, config, seed, args.progress)
-                run["seconds"] = time.perf_counter() - start
-                runs.append(run)
-                summary = summarize(runs)
-                write_record(stem, command, summary, runs, markdown(summary, runs, TITLES[suite], command))
-        write_pictures(summarize(runs), runs, stem)
-        print(stem.with_suffix(".md").read_text())
+        run_suite(args, suite, config, suite_overrides, seeds, key)
+
+
+def run_suite(args, suite: str, config: VisionBenchConfig, suite_overrides: dict, seeds: list[int], key: str) -> None:
+    """Every run of ``suite`` (its folds) for ``seeds``; runs that its results JSON holds under the configuration
+    ``key`` (from any machine, any day) are read back, not rerun. The record is rewritten after every run."""
+    stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
+    members = {stable_hash([name, overrides]): (name, overrides) for name, overrides in SUITES[suite]}
+    runs = {(r["seed"], r["member"]): r for r in recorded_runs(stem, key) if r.get("member") in members}
+    for seed in seeds:
+        for member, (name, overrides) in members.items():
+            if (seed, member) in runs:
+                continue
+            start = time.perf_counter()
+            run = run_vision_benchmark(name, {**overrides, **suite_overrides}, config, seed, args.progress)
+            runs[seed, member] = {**run, "seconds": time.perf_counter() - start, "config_key": key, "member": member}
+            save_runs(args, suite, stem, runs, list(members))
+    write_pictures(*save_runs(args, suite, stem, runs, list(members)), stem)
+    print(stem.with_suffix(".md").read_text())
+
+
+def save_runs(args, suite: str, stem: Path, runs: dict, order: list[str]) -> tuple[dict, list[dict]]:
+    """Write ``<stem>.json`` and ``.md`` from ``runs`` ((seed, member) → run), by seed then fold; returns the summary
+    and the ordered runs."""
+    ordered = [runs[k] for k in sorted(runs, key=lambda k: (k[0], order.index(k[1])))]
+    line, summary = command(args, sorted({seed for seed, _ in runs})), summarize(ordered)
+    write_record(stem, line, summary, ordered, markdown(summary, ordered, TITLES[suite], line))
+    return summary, ordered
+
+
+def command(args: argparse.Namespace, seeds: list[int]) -> str:
+    """The command that reproduces a table over ``seeds`` (which may have been run one invocation at a time)."""
+    options = [f"--suite {args.suite}", *(["--quick"] if args.quick else []),
+               *([f"--outer-steps {args.outer_steps}"] if args.outer_steps else []),
+               *([f"--suite-config {shlex.quote(args.suite_config)}"] if args.suite_config else []),
+               *([f"--bench-config {shlex.quote(args.bench_config)}"] if args.bench_config else [])]  # fmt: skip
+    return f"python benchmarks/vision.py {' '.join(options)} --seeds {' '.join(map(str, seeds))}"
 
 
 if __name__ == "__main__":

@@ -93,21 +93,21 @@ def run_script(main: Callable[[], object], name: str) -> None:
         sys.exit(130)
 
 
-def recorded_runs(stem: Path, config_key: str) -> dict[int, dict]:
-    """The per-seed runs of ``<stem>.json`` made under the configuration ``config_key``, by seed.
+def recorded_runs(stem: Path, config_key: str) -> list[dict]:
+    """The runs of ``<stem>.json`` (one per seed, or per seed and fold) made under the configuration ``config_key``.
 
     The results file is the durable record of finished seeds: the stage caches live outside the repository and may
-    be gone on the next machine, so a seed recorded here is read back rather than rerun, and seeds run on different
+    be gone on the next machine, so a run recorded here is read back rather than rerun, and seeds run on different
     days add up to one table. Runs made under another configuration are not returned (the next write replaces
     them); a corrupt file is an error naming it."""
     path = stem.with_suffix(".json")
     if not path.is_file():
-        return {}
+        return []
     try:
         runs = json.loads(path.read_text())["runs"]
     except (json.JSONDecodeError, KeyError, TypeError) as err:
         raise ValueError(f"{path} is not a results record ({err!r}); move it away to start a new one.") from err
-    return {run["seed"]: run for run in runs if run.get("config_key") == config_key}
+    return [run for run in runs if run.get("config_key") == config_key]
 
 
 def write_record(stem: Path, command: str, summary: Mapping, runs: Sequence[Mapping], markdown: str) -> Path:

@@ -65,9 +65,9 @@ def test_the_record_keeps_command_versions_summary_and_runs(tmp_path):
     assert (tmp_path / "out" / "bench.md").read_text() == "# t\n"
 
 
-def test_recorded_runs_are_the_seeds_finished_under_the_same_configuration(tmp_path):
+def test_recorded_runs_are_the_runs_finished_under_the_same_configuration(tmp_path):
     stem = tmp_path / "llm_x"
-    assert recorded_runs(stem, "k1") == {}
+    assert recorded_runs(stem, "k1") == []
     runs = [
         {"seed": 0, "config_key": "k1"},
         {"seed": 1, "config_key": "k2"},
@@ -75,8 +75,8 @@ def test_recorded_runs_are_the_seeds_finished_under_the_same_configuration(tmp_p
         {"seed": 3, "config_key": "k1"},
     ]
     write_record(stem, "cmd", {}, runs, "table")
-    assert recorded_runs(stem, "k1") == {0: runs[0], 3: runs[3]}
-    assert recorded_runs(stem, "k2") == {1: runs[1]}
+    assert recorded_runs(stem, "k1") == [runs[0], runs[3]]
+    assert recorded_runs(stem, "k2") == [runs[1]]
     stem.with_suffix(".json").write_text('{"runs": [')
     with pytest.raises(ValueError, match="llm_x.json is not a results record"):
         recorded_runs(stem, "k1")
