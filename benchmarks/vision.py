@@ -2,6 +2,7 @@
 prototype, Reptile and memorisation baselines, on the same test episodes (issue 4; SPEC §4).
 
     python benchmarks/vision.py --suite fewshot --seeds 0 1 2    # Noto glyphs, Conv-4, 5/20-way 1/5-shot
+    python benchmarks/vision.py --suite fewshot-distorted --seeds 0 1 2  # the same, evaluation scripts distorted
     python benchmarks/vision.py --suite transfer --seeds 0 1 2   # glyphs + animals → Fashion-MNIST, digits
     python benchmarks/vision.py --suite dg --seeds 0 1 2         # leave-one-domain-out over 4 Fashion-MNIST domains
     python benchmarks/vision.py --suite all --seeds 0 1 2
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from peft_mcdi.evaluation.harness import recorded_runs, run_script, seeds_to_run, write_record  # noqa: E402
 from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark  # noqa: E402
 from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures  # noqa: E402
-from peft_mcdi.tasks.vision_suites import DG_DOMAINS  # noqa: E402
+from peft_mcdi.tasks.vision_suites import DG_DOMAINS, glyph_distortion  # noqa: E402
 from peft_mcdi.utils import merged, stable_hash  # noqa: E402
 
 
@@ -37,9 +38,14 @@ SUITES = {
     "fewshot": [("glyphs-fewshot", {})],
     "transfer": [("vision-transfer", {})],
     "dg": [("vision-dg", {"heldout_domain": d}) for d in DG_DOMAINS],
+    # the harder few-shot suite (issue 22): the evaluation scripts rendered with level 1 of
+    # benchmarks/studies/fewshot_difficulty.py, the mildest distortion that brings the prototype rule to ≤ 85 % at
+    # 5w1s (seed 0: 78.4 %, against 99.2 % undistorted); backbone and meta-training keep the default renders
+    "fewshot-distorted": [("glyphs-fewshot", {"test_glyphs": glyph_distortion(1)})],
 }
 TITLES = {
     "fewshot": "Few-shot: Noto glyphs (evaluation scripts), Conv-4 trained on background scripts",
+    "fewshot-distorted": "Few-shot, distorted: Noto glyphs, evaluation scripts rendered with stronger distortions",
     "transfer": "Transfer: meta-trained on glyphs + animal silhouettes, tested on Fashion-MNIST and digits",
     "dg": "Domain generalisation: leave one Fashion-MNIST domain out (original, rotated, negative, degraded)",
 }

