@@ -21,7 +21,7 @@ from peft_mcdi.generator.model import CARD_NAME, GeneratorConfig, McDiGenerator
 from peft_mcdi.generator.schedulers import SchedulerConfig
 from peft_mcdi.meta.chain import ChainFinetuneConfig, finetune_through_chain
 from peft_mcdi.meta.data import ZooTensors, fit_codec, load_raw_targets, load_zoo_tensors
-from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer
+from peft_mcdi.meta.trainer import ALGORITHMS, MetaTrainConfig, MetaTrainer
 from peft_mcdi.tasks.base import get_tasksets
 from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
@@ -171,6 +171,14 @@ class FunctionalRecipe(DictConfigMixin):
     chain_last_steps: int = field(
         default=1, metadata={"help": "K of that fine-tuning: the chain's last K denoiser calls carry gradients."}
     )
+    meta_learning: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the denoiser is trained with the term (MetaTrainConfig.algorithm): 'single_level' or "
+            "'reptile' (the term inside Reptile's inner loops); None: the variant's own algorithm.",
+            "omit_default": True,
+        },
+    )
     anchor: str | None = field(
         default=None,
         metadata={
@@ -180,10 +188,20 @@ class FunctionalRecipe(DictConfigMixin):
         },
     )
 
+    def __post_init__(self) -> None:
+        if self.meta_learning not in (None, *ALGORITHMS):
+            raise ValueError(
+                f"functional.meta_learning must be None or one of {ALGORITHMS}, got {self.meta_learning!r}."
+            )
+
     def apply(self, config: PipelineConfig, temperature: float, seed: int) -> PipelineConfig:
         """``config`` (a paper variant's run) trained with this recipe."""
         meta = replace(
-            config.meta, functional_weight=self.weight, functional_samples=self.samples, functional_input=self.input
+            config.meta,
+            algorithm=self.meta_learning or config.meta.algorithm,
+            functional_weight=self.weight,
+            functional_samples=self.samples,
+            functional_input=self.input,
         )
         chain = config.chain
         if self.chain_steps:  # else the run's own chain config, which stays out of its cache key

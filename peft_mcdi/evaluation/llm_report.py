@@ -16,7 +16,8 @@ LABELS = {
     "mvdi": "Mv-Di (k = 1)",
     "twdi": "Tw-Di",
     "single_level": "single-level diffusion (no meta-learning)",
-    "mcdi_functional": "Mc-Di, functional (+ λ·task loss of x̂₀, SPEC §3.7)",
+    "mcdi_functional": "Mc-Di's loss (k = 3) + λ·task loss of x̂₀, then the chain (SPEC §3.7; trained single-level "
+    "unless functional.meta_learning = 'reptile')",
     "mvdi_functional": "Mv-Di, functional",
     "twdi_functional": "Tw-Di, functional",
     "single_level_functional": "single-level diffusion, functional",

@@ -29,7 +29,7 @@ from safetensors.torch import load_file
 from torch.func import functional_call, grad_and_value, vmap
 from tqdm.auto import tqdm
 
-from peft_mcdi.generator.model import WEIGHTS_NAME, McDiGenerator
+from peft_mcdi.generator.model import CONFIG_NAME, WEIGHTS_NAME, GeneratorConfig, McDiGenerator, upgrade_state
 from peft_mcdi.meta.data import ZooTensors
 from peft_mcdi.meta.functional import FunctionalDraw, draw_functional, functional_losses
 from peft_mcdi.meta.losses import LossNoise, draw_loss_noise
@@ -316,12 +316,16 @@ class MetaTrainer:
         return self.history
 
     # ------------------------------------------------------- checkpoint/resume
-    def _identity(self) -> str:
+    def _identity(self, format_version: int | None = None) -> str:
         """What a checkpoint must match to be resumed: the training config (minus the step budget), the generator
-        and its noise schedule, and the data."""
+        and its noise schedule, and the data. ``format_version``: the generator's, as a checkpoint written by an
+        older peft_mcdi recorded it (the same run, saved under older names)."""
         cfg = {k: v for k, v in self.config.to_dict().items() if k not in ("num_outer_steps", "checkpoint_every")}
+        generator = self.generator.config.to_dict()
+        if format_version is not None:
+            generator["format_version"] = format_version
         schedule = self.generator.scheduler.config.to_dict()
-        return stable_hash([cfg, self.generator.config.to_dict(), schedule, self.data.task_ids])
+        return stable_hash([cfg, generator, schedule, self.data.task_ids])
 
     def save_checkpoint(self) -> Path | None:
         """Write checkpoint-<step>/ (generator, optimizer, state), then point ``latest`` at it, then prune."""
@@ -353,12 +357,13 @@ class MetaTrainer:
             return False
         folder = self.output_dir / (self.output_dir / LATEST_NAME).read_text(encoding="utf-8").strip()
         meta = json.loads((folder / STATE_NAME).read_text(encoding="utf-8"))
-        if meta["identity"] != self._identity():
+        written = GeneratorConfig.from_dict(json.loads((folder / CONFIG_NAME).read_text(encoding="utf-8")))
+        if meta["identity"] != self._identity(written.format_version):
             raise ValueError(
                 f"{self.output_dir} holds a checkpoint of a different training run (other config or zoo); "
                 "use another output_dir or delete it."
             )
-        state = load_file(folder / WEIGHTS_NAME, device=str(self.device))
+        state = upgrade_state(load_file(folder / WEIGHTS_NAME, device=str(self.device)), written)
         self.generator.load_state_dict(state, strict=True)
         self.optimizer.load_state_dict(
             torch.load(folder / OPTIMIZER_NAME, map_location=self.device, weights_only=True)

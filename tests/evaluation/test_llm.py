@@ -34,8 +34,6 @@ pytestmark = pytest.mark.skipif(
 TINY = {
     "num_train_tasks": 6,
     "num_test_tasks": 2,
-    # every recipe but single_level_functional, which is single_level's pipeline with mcdi_functional's term
-    "variants": ["mcdi", "mvdi", "single_level", "mcdi_functional"],
     "recorder": {"num_epochs": 2},
     "meta": {"num_outer_steps": 4, "meta_batch_size": 2, "samples_per_task": 2},
     "hypernetwork_steps": 4,
@@ -217,15 +215,20 @@ def test_prediction_type_reaches_every_variant_and_its_default_keeps_the_cache_k
 
 
 def test_functional_variants_train_the_same_recipe_with_the_task_loss_term():
-    """'mcdi_functional' is Mc-Di's pipeline with λ and its own prediction type; its settings leave the paper's
-    variants (and their cached runs) untouched; unknown recipes are named."""
+    """'mcdi_functional' is Mc-Di's pipeline with λ, its own prediction type and single-level training (Reptile on
+    request); its settings leave the paper's variants (and their cached runs) untouched; unknown recipes are named."""
     default = LLMBenchConfig.for_base("minilm")
     other = LLMBenchConfig.for_base("minilm", {"functional": {"weight": 3.0, "prediction_type": "epsilon"}})
     functional, paper = default.pipeline(0, "mcdi_functional"), default.pipeline(0, "mcdi")
     assert functional.meta.functional_weight == default.functional.weight > 0 == paper.meta.functional_weight
     assert functional.scheduler.prediction_type == "sample" and other.pipeline(0, "mcdi").scheduler == paper.scheduler
-    assert (functional.meta.algorithm, functional.scheduler.num_segments) == ("reptile", 3)
+    assert (functional.meta.algorithm, functional.scheduler.num_segments) == ("single_level", 3)
+    reptile = LLMBenchConfig.for_base("minilm", {"functional": {"meta_learning": "reptile"}})
+    assert reptile.pipeline(0, "mcdi_functional").meta.algorithm == "reptile"
+    assert reptile.pipeline(0, "mcdi").output_dir == paper.output_dir
     assert default.pipeline(0, "single_level_functional").meta.algorithm == "single_level"
+    with pytest.raises(ValueError, match="functional.meta_learning"):
+        LLMBenchConfig.for_base("minilm", {"functional": {"meta_learning": "maml"}})
     assert other.pipeline(0, "mcdi").output_dir == paper.output_dir != functional.output_dir
     assert other.pipeline(0, "mcdi_functional").output_dir != functional.output_dir
     with pytest.raises(ValueError, match="suffix '_functional'"):

@@ -1,7 +1,9 @@
 """Reptile and single-level outer updates against hand computations; checkpoint/resume; bad input."""
 
 import copy
+import json
 import warnings
+from dataclasses import replace
 
 import pytest
 import torch
@@ -112,6 +114,24 @@ def test_resume_continues_exactly(tmp_path, algorithm):
     for (name, p), q in zip(straight.named_parameters(), resumed_gen.parameters()):
         torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
     assert sorted(x.name for x in tmp_path.iterdir()) == ["checkpoint-6", "latest"]
+
+
+def test_a_checkpoint_of_an_older_format_resumes(tmp_path):
+    """A run stopped under format version 1 continues after the upgrade: same run, older names on disk."""
+    gen, data = toy()
+    cfg = {"meta_batch_size": 2, "samples_per_task": 4, "outer_lr": 1e-2}
+    straight = copy.deepcopy(gen)
+    MetaTrainer(straight, data, MetaTrainConfig(num_outer_steps=4, **cfg)).train(progress=False)
+    old = copy.deepcopy(gen)
+    old.config = replace(old.config, format_version=1)
+    MetaTrainer(old, data, MetaTrainConfig(num_outer_steps=2, **cfg), output_dir=tmp_path).train(False)
+    assert json.loads((tmp_path / "checkpoint-2" / "config.json").read_text())["format_version"] == 1
+    resumed = copy.deepcopy(gen)
+    trainer = MetaTrainer(resumed, data, MetaTrainConfig(num_outer_steps=4, **cfg), output_dir=tmp_path)
+    assert trainer.maybe_resume() and trainer.step == 2
+    trainer.train(False)
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        torch.testing.assert_close(q, p, rtol=0, atol=0, msg=name)
 
 
 def test_resume_refuses_a_different_run(tmp_path):
