@@ -220,7 +220,9 @@ def _build(data: Mapping) -> tuple[PipelineConfig, TrainArguments]:
         if key in script_keys:
             continue
         if key in NESTED:
-            pipeline[key] = {**base[key], **_check_section(NESTED[key], value, f"{key}.", "config")}
+            # a section left at its defaults is omitted from to_dict() (e.g. chain): start from its own defaults
+            defaults = base.get(key, NESTED[key]().to_dict())
+            pipeline[key] = {**defaults, **_check_section(NESTED[key], value, f"{key}.", "config")}
         elif key == "taskset_kwargs":
             pipeline[key] = _coerce(value, dict, key)
         else:

@@ -186,19 +186,45 @@ def _paraphrase(synset) -> str:
     return f"Answer yes if the word is a type of {name}, a kind of {parent} ({synset.definition()}); otherwise no."
 
 
+def _hyponym_lemmas(wn, max_size: int) -> dict[str, frozenset[str]]:
+    """Every noun synset's single-word hyponym lemmas (its ``closure(hyponyms)``'s, itself excluded) when there are
+    at most ``max_size`` of them. Bottom-up: a synset's set is the union of its hyponyms' own lemmas and sets, and
+    a synset above a set too large has one too large itself, so no set beyond ``max_size`` is ever built (a walk
+    per synset, each through its whole subtree, was most of a WordNet benchmark's start-up)."""
+    memo: dict[str, frozenset[str] | None] = {}  # None: more than max_size
+
+    def below(synset) -> frozenset[str] | None:
+        name = synset.name()
+        if name not in memo:
+            members: set[str] | None = set()
+            for child in synset.hyponyms():
+                under = below(child)
+                if under is None:
+                    members = None
+                    break
+                members |= under | _single_word_lemmas([child])
+                if len(members) > max_size:
+                    members = None
+                    break
+            memo[name] = None if members is None else frozenset(members)
+        return memo[name]
+
+    for synset in wn.all_synsets("n"):
+        below(synset)
+    return {name: members for name, members in memo.items() if members is not None}
+
+
 @functools.lru_cache(maxsize=2)
 def _categories_and_pools(min_hyponyms: int, max_hyponyms: int, match_frequency: bool):
     """What every split with these category bounds shares, kept for the process (≈15 s to walk WordNet): the
     categories {synset name: its single-word hyponym lemmas}, each noun's frequency band, and the negative pools
     {(length, band): nouns}. Read only."""
     wn = load_wordnet()
-    categories = {}
-    for synset in wn.all_synsets("n"):
-        if not synset.hyponyms():
-            continue
-        members = _single_word_lemmas(synset.closure(lambda s: s.hyponyms()))
-        if min_hyponyms <= len(members) <= max_hyponyms:
-            categories[synset.name()] = frozenset(members)
+    categories = {
+        name: members
+        for name, members in _hyponym_lemmas(wn, max_hyponyms).items()
+        if members and min_hyponyms <= len(members) <= max_hyponyms
+    }
     all_nouns = sorted(_single_word_lemmas(wn.all_synsets("n")))
     counts = lemma_frequencies("noun") if match_frequency else {}
     band = {word: frequency_band(counts.get(word, 0)) for word in all_nouns}

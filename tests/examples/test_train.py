@@ -161,7 +161,12 @@ def test_example_configs_parse():
     assert (wordnet.denoiser.type, wordnet.denoiser.condition_dim, wordnet.denoiser.hidden_dim) == ("tokens", 384, 128)
     assert (wordnet.denoiser.num_layers, wordnet.denoiser.num_heads) == (2, 4)
     assert (wordnet.recorder.num_epochs, wordnet.recorder.lr, wordnet.recorder.rho) == (10, 5e-3, 0.05)
-    assert (wordnet.meta.num_outer_steps, wordnet.meta.samples_per_task) == (600, 8)
+    # the example trains the WordNet benchmark's product generator (a smaller zoo): same recipe, section by section
+    from peft_mcdi.evaluation.llm import LLMBenchConfig
+
+    benchmark = LLMBenchConfig.for_base("minilm").pipeline(0, "mcdi_functional")
+    for section in ("recorder", "scheduler", "denoiser", "meta", "chain", "codec_normalization", "anchor"):
+        assert getattr(wordnet, section) == getattr(benchmark, section), section
     # the accelerate configs for GPU users (documented, not run here) are valid accelerate config files
     for name, kind in (("multi_gpu", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed", "DEEPSPEED")):
         config = load_config_from_file(str(ROOT / "examples" / "configs" / f"accelerate_{name}.yaml"))

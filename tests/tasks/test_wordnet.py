@@ -2,7 +2,13 @@
 
 import pytest
 
-from peft_mcdi.tasks.wordnet import WordNetTaskConfig, build_concept_tasks, load_wordnet, nltk_data_root
+from peft_mcdi.tasks.wordnet import (
+    WordNetTaskConfig,
+    _categories_and_pools,
+    build_concept_tasks,
+    load_wordnet,
+    nltk_data_root,
+)
 
 
 pytestmark = pytest.mark.skipif(
@@ -43,6 +49,18 @@ def test_examples_are_labelled_by_the_hierarchy(tasks):
     lemma = wn.synset(task.synset).lemmas()[0].name().replace("_", " ")
     assert task.description.startswith(f"Does the word name a kind of {lemma} — ")
     assert wn.synset(task.synset).definition() in task.description
+
+
+def test_categories_are_the_closures_of_their_hyponyms():
+    """The bottom-up category sets equal nltk's walk of each category's subtree, and keep to the size bounds."""
+    wn = load_wordnet()
+    categories, _, _ = _categories_and_pools(50, 3000, True)
+    assert 700 < len(categories) < 900  # WordNet 3.0: 792 noun categories of 50-3000 single-word hyponyms
+    for name in sorted(categories)[::40]:
+        walked = wn.synset(name).closure(lambda s: s.hyponyms())
+        expected = {lemma.name().lower() for s in walked for lemma in s.lemmas() if lemma.name().isalpha()}
+        assert categories[name] == expected, name
+        assert 50 <= len(expected) <= 3000
 
 
 def test_tasks_are_deterministic_and_cached(tasks):
