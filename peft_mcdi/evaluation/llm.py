@@ -474,6 +474,12 @@ def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
     return {n: v[-1] for n, v in store.read(task.task_id).params.items()}
 
 
+def product_variant(variants: list[str]) -> str:
+    """The generator a user meets, whose user's path, seen categories, ROC AUC and controls the record reports: the
+    functional Mc-Di where the run trains it, else the paper's."""
+    return "mcdi" + FUNCTIONAL if "mcdi" + FUNCTIONAL in variants else "mcdi"
+
+
 def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False, log=print) -> dict:
     """Every method on the held-out tasks of one seed (a seed reruns the task split, zoo and meta-training). The
     record is cached by configuration and seed; each stage inside resumes from its own cache."""
@@ -484,7 +490,8 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     mcdi_config = config.pipeline(seed, "mcdi")
     tasksets = build_tasksets(mcdi_config)  # every variant's task split (same family and keywords)
     results = {v: run_variant(config.pipeline(seed, v), tasksets, progress, log) for v in config.variants}
-    run_folder = Path(mcdi_config.output_dir)
+    product = product_variant(config.variants)
+    product_dir = Path(config.pipeline(seed, product).output_dir) / "generator"
     tasks = list(tasksets.test)
     main = results["mcdi"]["per_task"]
     per_task = {v: results[v]["per_task"]["generated"] for v in config.variants}
@@ -492,10 +499,9 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
                      if k in main})  # fmt: skip
     if "hypernetwork_sft" in results.get("mcdi" + FUNCTIONAL, {}).get("per_task", {}):
         per_task["t2l_sft"] = results["mcdi" + FUNCTIONAL]["per_task"]["hypernetwork_sft"]
-    if "mcdi" + FUNCTIONAL in results:
-        functional_dir = Path(config.pipeline(seed, "mcdi" + FUNCTIONAL).output_dir) / "generator"
+    if product != "mcdi":
         per_task.update(
-            functional_controls(functional_dir, tasks, config.temperature, config.fewshot_steps, config.recorder.lr)
+            functional_controls(product_dir, tasks, config.temperature, config.fewshot_steps, config.recorder.lr)
         )
     per_task["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
     per_task["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
@@ -533,12 +539,13 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         method: steps_to_match(steps, mean_curve, mean_seconds, statistics.fmean(values[:n_ft]))
         for method, values in per_task.items()
     }
-    user = users_path(config, run_folder / "generator", tasksets, seed)
+    user = users_path(config, product_dir, tasksets, seed)
     store = ZooStore(zoo)
     seen_tasks = list(tasksets.train)[: config.seen_tasks]
-    seen = seen_categories(run_folder / "generator", store, seen_tasks, config.temperature)
+    seen = seen_categories(product_dir, store, seen_tasks, config.temperature)
     record = {
         "seed": seed,
+        "product": product,
         "heldout": BASES[config.base]["heldout"],
         "metric": BASES[config.base]["metric"],
         "task_ids": [t.task_id for t in tasks],
@@ -547,7 +554,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         **(
             {
                 "roc_auc": {
-                    "mcdi": user["with_adapter_auc"],
+                    product: user["with_adapter_auc"],
                     "per_task_reference": [t.roc_auc(final(store, t)) for t in tasks],
                 }
             }

@@ -6,7 +6,9 @@ import statistics
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from peft_mcdi.evaluation.harness import mean_std, percent
+import torch
+
+from peft_mcdi.evaluation.harness import mean_std, paired_difference, percent, pooled_interval
 from peft_mcdi.evaluation.plots import new_figure, save_figure
 from peft_mcdi.zoo.recorder import BASE_OPTIMIZERS
 
@@ -16,8 +18,8 @@ LABELS = {
     "mvdi": "Mv-Di (k = 1)",
     "twdi": "Tw-Di",
     "single_level": "single-level diffusion (no meta-learning)",
-    "mcdi_functional": "Mc-Di's loss (k = 3) + λ·task loss of x̂₀, then the chain (SPEC §3.7; trained single-level "
-    "unless functional.meta_learning = 'reptile')",
+    "mcdi_functional": "Mc-Di, functional (its loss, k = 3, + λ·task loss of x̂₀, then the chain, SPEC §3.7; trained "
+    "single-level unless functional.meta_learning = 'reptile')",
     "mvdi_functional": "Mv-Di, functional",
     "twdi_functional": "Tw-Di, functional",
     "single_level_functional": "single-level diffusion, functional",
@@ -25,6 +27,8 @@ LABELS = {
     "t2l_sft": "one-pass hypernetwork trained through the task loss (Text-to-LoRA SFT, same base passes)",
     "mcdi_functional_sibling": "Mc-Di functional, from the most similar other held-out description (control)",
     "mcdi_functional_prompted": "Mc-Di functional, description also in the input (Text-to-LoRA's protocol)",
+    "mcdi_functional_fewshot": "Mc-Di functional's adapter + a few Adam steps on the task's training examples",
+    "zero_fewshot": "the same Adam steps from θ₀",
     "prompted_base": "base model prompted with the description",
     "anchor": "anchor: the cosine rule of description and word embeddings (the prompted base's rule, for an encoder)",
     "prompted_base_icl": "base model prompted with the description and 3 labelled examples",
@@ -43,9 +47,18 @@ GENERATED = (
     "t2l_sft",
     *(f"{v}_functional" for v in ("mcdi", "mvdi", "twdi", "single_level")),
 )
+# Issue 20's targets for the product's functional generator: (row, row it must reach, margin in points).
+TARGETS = (
+    ("mcdi_functional", "prompted_base", 0.0),
+    ("mcdi_functional", "multitask_lora", 0.0),
+    ("mcdi_functional", "mcdi_functional_sibling", 5.0),  # the description, not a generic adapter, does the work
+    ("mcdi_functional", "t2l_sft", 0.0),
+    ("mcdi_functional_prompted", "multitask_lora", 0.0),
+    ("mcdi_functional_fewshot", "zero_fewshot", 0.0),  # a report: what diffusion adds as an initialisation
+)
 SEEN = {
-    "training_descriptions": "Mc-Di, training descriptions",
-    "new_descriptions": "Mc-Di, new descriptions",
+    "training_descriptions": "{generator}, training descriptions",
+    "new_descriptions": "{generator}, new descriptions",
     "own_adapter": "the categories' own trained adapters",
 }
 
@@ -57,6 +70,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
     user = [r["users_path"] for r in records]
     return {
         "seeds": [r["seed"] for r in records],
+        "product": records[0].get("product", "mcdi"),  # records before the functional generator: the paper's
         "num_test_tasks": len(records[0]["task_ids"]),
         "accuracy": {m: mean_std([r["accuracy"][m] for r in records]) for m in methods},
         "finetune_at": {
@@ -101,7 +115,23 @@ def summarize(records: Sequence[Mapping]) -> dict:
         "meta_train_seconds": {
             v: statistics.median(r["meta_train_seconds"][v] for r in records) for v in records[0]["meta_train_seconds"]
         },
+        "targets": targets(records),
     }
+
+
+def targets(records: Sequence[Mapping]) -> list[dict]:
+    """Each of :data:`TARGETS` whose rows the records hold: the paired per-task difference (points), pooled over
+    seeds with its 95 % interval, and whether its mean reaches the margin."""
+    out = []
+    for row, other, margin in TARGETS:
+        if row not in records[0]["per_task"] or other not in records[0]["per_task"]:
+            continue
+        parts = [
+            paired_difference(torch.tensor(r["per_task"][row]), torch.tensor(r["per_task"][other])) for r in records
+        ]
+        interval = {k: 100 * v if k != "episodes" else v for k, v in pooled_interval(parts).items()}
+        out.append({"row": row, "other": other, "margin": margin, **interval, "met": interval["mean"] >= margin})
+    return out
 
 
 def _match_cell(entries: Sequence[Mapping]) -> str:
@@ -113,6 +143,8 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     """The results page: held-out accuracy by method with steps-to-match, fine-tuning by step, the easier split,
     costs."""
     acc, adapt_ms, metric = summary["accuracy"], summary["adapt_ms_median"], summary["metric"]
+    product = summary.get("product", "mcdi")
+    name = LABELS[product].split(" (")[0]  # the generator of the user's path: "Mc-Di" or "Mc-Di, functional"
     total_ms = adapt_ms["encoder"] + adapt_ms["generator"]
     n, seeds = summary["num_test_tasks"], len(summary["seeds"])
     lines = [
@@ -129,13 +161,28 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
     for m in ranked:
         lines.append(f"| {LABELS.get(m, m)} | {percent(acc[m])} | {_match_cell(summary['steps_to_match'][m])} |")
     lines.append(
-        f"| Mc-Di, best of 8 samples on 32 validation examples | {percent(summary['with_adapter_best_of_8'])} | |"
+        f"| {name}, best of 8 samples on 32 validation examples | {percent(summary['with_adapter_best_of_8'])} | |"
     )
+    if summary.get("targets"):
+        lines += [
+            "",
+            f"Targets (issue 20): paired per-task differences in points over {seeds} seed(s) × {n} tasks, 95 % "
+            "interval; met when the mean reaches the margin:",
+            "",
+            "| target | difference | 95 % interval | |",
+            "|---|---:|---|---|",
+        ]
+        for t in summary["targets"]:
+            margin = f" + {t['margin']:.0f}" if t["margin"] else ""
+            lines.append(
+                f"| `{t['row']}` ≥ `{t['other']}`{margin} | {t['mean']:+.1f} | [{t['low']:+.1f}, {t['high']:+.1f}] "
+                f"| {'met' if t['met'] else 'missed'} |"
+            )
     auc = summary["roc_auc"]
     if auc:  # choice tasks only: written answers have no margin to rank by
         lines += [
             "",
-            f"Ranking quality, threshold-free (ROC AUC of the yes − no margin, %): Mc-Di {percent(auc['mcdi'])}, "
+            f"Ranking quality, threshold-free (ROC AUC of the yes − no margin, %): {name} {percent(auc[product])}, "
             f"per-task reference {percent(auc['per_task_reference'])}. An accuracy near 50 with an AUC well above 50 "
             "is a miscalibrated adapter (one class for every word); an AUC near 50 carries no signal.",
         ]
@@ -147,7 +194,7 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
         "time only. The curves are cached, so their times are those of the run that computed them, under that "
         "run's machine load; `adapt()` is timed in the run that wrote this page — the ratio is indicative:",
         "",
-        f"| steps | {metric} | ms (median over seeds) | × Mc-Di adapt() time |",
+        f"| steps | {metric} | ms (median over seeds) | × {name} adapt() time |",
         "|---:|---|---:|---:|",
     ]
     for step, entry in summary["finetune_at"].items():
@@ -164,9 +211,12 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
         "",
         "| | accuracy |",
         "|---|---|",
-        *[f"| {label} | {percent(summary['seen_categories'][k])} |" for k, label in SEEN.items()],
+        *[
+            f"| {label.format(generator=name)} | {percent(summary['seen_categories'][k])} |"
+            for k, label in SEEN.items()
+        ],
         "",
-        "Cost of Mc-Di's `adapt()` (one task, median; this CPU): "
+        f"Cost of {name}'s `adapt()` (one task, median; this CPU): "
         f"encoder {adapt_ms['encoder']:.1f} ms + generator {adapt_ms['generator']:.1f} ms; batched over the held-out "
         f"tasks {summary['batched_tasks_per_s']:.1f} tasks/s, peak resident memory growth "
         f"{summary['batched_peak_memory_mb']:.0f} MB. Meta-training per variant (median s): "

@@ -109,10 +109,11 @@ def test_the_functional_controls_change_only_the_description_or_the_input(config
 
 
 def test_the_users_path_writes_the_weights_the_pipeline_evaluated(record):
-    # get_peft_model + adapt() with the trained generator: the same adapters as the pipeline's, hence the same scores
-    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
+    # get_peft_model + adapt() with the product's trained generator: the pipeline's adapters, hence the same scores
+    assert record["product"] == "mcdi_functional"
+    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi_functional"]
     assert record["users_path"]["adapt_ms_median"]["generator"] > 0
-    assert all(0 <= a <= 1 for a in record["roc_auc"]["mcdi"] + record["roc_auc"]["per_task_reference"])
+    assert all(0 <= a <= 1 for a in record["roc_auc"]["mcdi_functional"] + record["roc_auc"]["per_task_reference"])
 
 
 def test_finetuning_curve_retraces_the_zoo_reference_at_its_budget(record):
@@ -160,6 +161,22 @@ def test_the_report_names_the_zoo_optimizer_and_reads_records_from_before_it_was
     assert "the zoo's SGD+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
     del sgd["finetune"]["optimizer"]
     assert "the zoo's Adam+SAM recipe" in markdown(summarize([sgd]), "tiny", "cmd")
+
+
+def test_the_targets_are_paired_differences_pooled_over_seeds(record):
+    """Each issue-20 target: mean of the per-task differences over every seed's tasks, its interval, met or missed."""
+    seeds = []
+    for shift in (0.0, 0.1):
+        r = json.loads(json.dumps(record))
+        r["per_task"]["mcdi_functional"] = [0.7 + shift, 0.8 + shift]
+        r["per_task"]["mcdi_functional_sibling"] = [0.6, 0.8]
+        seeds.append(r)
+    sibling = next(t for t in summarize(seeds)["targets"] if t["other"] == "mcdi_functional_sibling")
+    assert sibling["mean"] == pytest.approx(10.0) and sibling["episodes"] == 4  # (10 + 0 + 20 + 10) / 4 points
+    assert sibling["low"] < 10.0 < sibling["high"] and sibling["met"] and sibling["margin"] == 5.0
+    assert "| `mcdi_functional` ≥ `mcdi_functional_sibling` + 5 | +10.0 |" in markdown(summarize(seeds), "t", "c")
+    seeds[1]["per_task"]["mcdi_functional"] = [0.6, 0.7]  # now (10 + 0 + 0 − 10) / 4 = 0
+    assert not next(t for t in summarize(seeds)["targets"] if t["other"] == "mcdi_functional_sibling")["met"]
 
 
 def test_a_corrupt_cached_stage_is_reported(tmp_path):

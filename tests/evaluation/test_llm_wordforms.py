@@ -76,7 +76,7 @@ def test_the_unseen_type_is_its_own_split(record):
 
 def test_written_answers_have_no_roc_auc_and_the_report_renders(record):
     assert "roc_auc" not in record and "with_adapter_auc" not in record["users_path"]
-    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi"]
+    assert record["users_path"]["with_adapter"] == record["per_task"]["mcdi_functional"]
     text = markdown(summarize([record]), "tiny", "python benchmarks/llm.py --base smollm2")
     assert "ROC AUC" not in text and "| base model prompted with the description |" in text
     assert "test exact match in % on 2 held-out (transform, format) tasks" in text
