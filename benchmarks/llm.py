@@ -3,6 +3,7 @@ multi-task LoRA, the prompted base model, a Text-to-LoRA-style hypernetwork, Mv-
 memorisation checks, on the same held-out WordNet categories (issue 5).
 
     python benchmarks/llm.py --base minilm --seeds 0 1 2      # 300 training + 40 held-out categories, MiniLM-L6
+    python benchmarks/llm.py --base minilm --seeds 1 --workers 2   # one seed, its stages in two processes
     python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 48 + 12 word-form tasks written by SmolLM2-135M
     python benchmarks/llm.py --base minilm --quick            # minutes: a small zoo and short budgets
     python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
@@ -25,7 +26,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_mcdi.evaluation.harness import recorded_runs, run_script, seeds_to_run, write_record  # noqa: E402
-from peft_mcdi.evaluation.llm import BASES, LLMBenchConfig, results_key, run_llm_benchmark  # noqa: E402
+from peft_mcdi.evaluation.llm import (  # noqa: E402
+    BASES,
+    LLMBenchConfig,
+    prefill_stages,
+    results_key,
+    run_llm_benchmark,
+)
 from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize  # noqa: E402
 from peft_mcdi.utils import merged  # noqa: E402
 
@@ -72,9 +79,18 @@ def main() -> None:
         "--config", help='JSON overrides of LLMBenchConfig, e.g. \'{"meta": {"num_outer_steps": 1200}}\''
     )
     parser.add_argument("--out-dir", default=str(RESULTS), help="where llm_<base>.json/.md/.png go")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="one-thread processes that fill a seed's stages side by side (zoo shards, variants, baselines) before "
+        "the record is assembled; 2 on a 2-core machine",
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--report", action="store_true", help="only redraw the .md and .png from the results JSON")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     stem = Path(args.out_dir) / f"llm_{args.base}{'_quick' if args.quick else ''}"
     if args.report:
         record = json.loads(stem.with_suffix(".json").read_text())
@@ -93,6 +109,8 @@ def main() -> None:
         if seed in runs:
             continue
         start = time.perf_counter()
+        if args.workers > 1:
+            prefill_stages(config, seed, args.workers)
         runs[seed] = {**run_llm_benchmark(config, seed, args.progress), "config_key": key}
         print(f"seed {seed}: {json.dumps({k: round(v, 4) for k, v in runs[seed]['accuracy'].items()})} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)  # fmt: skip

@@ -280,6 +280,12 @@ def _barrier(accelerator) -> None:
         accelerator.wait_for_everyone()
 
 
+def zoo_tasks(tasksets) -> list:
+    """Every task the zoo records: the training tasks, and the held-out ones (every held-out split) as the per-task
+    fine-tuned reference — they never reach the generator."""
+    return [*tasksets.train, *tasksets.test, *(t for split in tasksets.extra.values() for t in split)]
+
+
 def prepare_zoo(
     config: PipelineConfig, tasksets=None, accelerator=None, progress: bool = True, log=print
 ) -> tuple[ZooStore, list[list[str]]]:
@@ -297,9 +303,7 @@ def prepare_zoo(
     else:
         store = ZooStore.open(root, key)
     t0 = time.perf_counter()
-    # Held-out tasks (every held-out split) are collected too, as the per-task fine-tuned reference; they never
-    # reach the generator.
-    tasks = [*tasksets.train, *tasksets.test, *(t for split in tasksets.extra.values() for t in split)]
+    tasks = zoo_tasks(tasksets)
     done = collect(tasks, store, config.recorder, rank=rank, world_size=world_size, progress=progress)
     if accelerator is not None:
         from accelerate.utils import gather_object

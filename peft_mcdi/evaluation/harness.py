@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import multiprocessing
 import platform
+import signal
 import statistics
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -81,6 +83,32 @@ def seeds_to_run(seeds: list[int] | None, quick: bool) -> list[int]:
     if seeds is not None:
         return seeds
     return [0] if quick else [0, 1, 2]
+
+
+def run_jobs(jobs: Sequence[Callable[[], object]], workers: int) -> None:
+    """Run ``jobs`` (picklable callables, e.g. ``functools.partial`` of module functions) in ``workers`` processes
+    of one thread each, handed out in order as processes free up; the first failure is raised here and stops the rest.
+
+    Why: a benchmark seed's stages (zoo shards, generator variants, baselines) are independent jobs over small models,
+    and on a small CPU one thread per job uses the cores far better than several threads on one small model. The
+    children are forked, so a task family or benchmark base registered in this process is theirs too, and keep to
+    one thread, which a forked child can always start. They ignore Ctrl-C: the parent stops them, and each stage's
+    cache keeps what finished."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}.")
+    context = multiprocessing.get_context("fork")
+    with context.Pool(workers, initializer=_one_thread_child, maxtasksperchild=1) as pool:
+        for _ in pool.imap_unordered(_call, jobs):
+            pass
+
+
+def _one_thread_child() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+
+
+def _call(job: Callable[[], object]) -> None:
+    job()
 
 
 def run_script(main: Callable[[], object], name: str) -> None:

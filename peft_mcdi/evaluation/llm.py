@@ -16,13 +16,14 @@ import math
 import statistics
 import time
 from dataclasses import dataclass, field, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from peft_mcdi.evaluation.baselines.multitask_lora import MultiTaskLoRAConfig, train_multitask_lora
-from peft_mcdi.evaluation.harness import first_reaching, refined
+from peft_mcdi.evaluation.harness import first_reaching, refined, run_jobs
 from peft_mcdi.evaluation.metrics import measured, nearest_task_indices
 from peft_mcdi.evaluation.plots import finetune_curve
 from peft_mcdi.generator.denoisers import DenoiserConfig
@@ -37,10 +38,12 @@ from peft_mcdi.pipeline import (
     build_tasksets,
     run_pipeline,
     variant_recipe,
+    zoo_folder,
+    zoo_tasks,
 )
 from peft_mcdi.tasks.text_lora import CausalTemplateModel, build_peft_model
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, cache_root, merged, stable_hash
-from peft_mcdi.zoo.recorder import RecorderConfig
+from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
 
 
@@ -474,6 +477,63 @@ def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
     return {n: v[-1] for n, v in store.read(task.task_id).params.items()}
 
 
+def task_split_baselines(config: LLMBenchConfig, seed: int, tasksets, log=print) -> tuple[dict, list[dict]]:
+    """The stages that depend on the task split only, cached beside the zoo: the multi-task LoRA and the per-task
+    fine-tuning curves of the held-out tasks (the first ``finetune_tasks``)."""
+    zoo, _ = zoo_folder(config.pipeline(seed, "mcdi"))
+    folder = cache_root() / "runs" / f"baselines-{zoo.name}"
+    multitask = multitask_lora(tasksets, config.multitask, folder, log)
+    tasks = list(tasksets.test)
+    tasks = tasks[: config.finetune_tasks] if config.finetune_tasks else tasks
+    return multitask, finetune_curves(tasks, config.recorder, config.finetune_steps, folder)
+
+
+def prefill_stages(config: LLMBenchConfig, seed: int, workers: int) -> None:
+    """Fill the stage caches of one seed from ``workers`` one-thread processes (:func:`run_jobs`), so that
+    :func:`run_llm_benchmark` then reads every stage back: first the zoo, one shard per process, then the generator
+    variants and the baselines, longest first (the functional variants, the baselines, the paper's variants)."""
+    _seed_tasksets(config, seed)  # built once here: the forked jobs inherit it
+    run_jobs([partial(_zoo_shard, config, seed, rank, workers) for rank in range(workers)], workers)
+    ordered = sorted(config.variants, key=lambda v: not variant_recipe(v)[1])
+    functional = [v for v in ordered if variant_recipe(v)[1]]
+    jobs = [partial(_variant_stage, config, seed, v) for v in functional]
+    jobs.append(partial(_baseline_stage, config, seed))
+    jobs += [partial(_variant_stage, config, seed, v) for v in ordered if v not in functional]
+    run_jobs(jobs, workers)
+
+
+_TASKSETS: dict[str, object] = {}  # the task splits prefill_stages built, by family and arguments
+
+
+def _seed_tasksets(config: LLMBenchConfig, seed: int):
+    """The seed's task split (every variant shares it), built once per process — and once for all the jobs that
+    :func:`prefill_stages` forks after building it."""
+    pipeline = config.pipeline(seed, "mcdi")
+    key = stable_hash([pipeline.taskset, pipeline.taskset_kwargs])
+    if key not in _TASKSETS:
+        _TASKSETS[key] = build_tasksets(pipeline)
+    return _TASKSETS[key]
+
+
+def _zoo_shard(config: LLMBenchConfig, seed: int, rank: int, world_size: int) -> None:
+    pipeline = config.pipeline(seed, "mcdi")
+    root, key = zoo_folder(pipeline)
+    tasks = zoo_tasks(_seed_tasksets(config, seed))
+    store = ZooStore.open(root, key)
+    done = collect(tasks, store, pipeline.recorder, rank=rank, world_size=world_size, progress=False)
+    print(f"[zoo {rank + 1}/{world_size}] collected {len(done)} tasks", flush=True)
+
+
+def _variant_stage(config: LLMBenchConfig, seed: int, variant: str) -> None:
+    pipeline = config.pipeline(seed, variant)
+    run_variant(pipeline, _seed_tasksets(config, seed), False, lambda *a: print(f"[{variant}]", *a, flush=True))
+
+
+def _baseline_stage(config: LLMBenchConfig, seed: int) -> None:
+    task_split_baselines(config, seed, _seed_tasksets(config, seed), lambda *a: print("[baselines]", *a, flush=True))
+    print("[baselines] multi-task LoRA and fine-tuning curves cached", flush=True)
+
+
 def product_variant(variants: list[str]) -> str:
     """The generator a user meets, whose user's path, seen categories, ROC AUC and controls the record reports: the
     functional Mc-Di where the run trains it, else the paper's."""
@@ -510,12 +570,9 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         # base's own rule (a LoRA delta on a causal LM has no anchor: its zero is θ₀, the `init` row)
         per_task["anchor"] = per_task["prompted_base"]
     zoo = Path(results["mcdi"]["zoo"])
-    baselines = cache_root() / "runs" / f"baselines-{zoo.name}"  # what depends on the task split only
-    multitask = multitask_lora(tasksets, config.multitask, baselines, log)
+    multitask, curves = task_split_baselines(config, seed, tasksets, log)
     per_task["multitask_lora"] = multitask["per_task"]
-
-    ft_tasks = tasks[: config.finetune_tasks] if config.finetune_tasks else tasks
-    curves = finetune_curves(ft_tasks, config.recorder, config.finetune_steps, baselines)
+    ft_tasks = tasks[: len(curves)]
     steps = curves[0]["steps"]
     mean_curve = [statistics.fmean(c["metric"][i] for c in curves) for i in range(len(steps))]
     mean_seconds = [statistics.fmean(c["seconds"][i] for c in curves) for i in range(len(steps))]

@@ -5,6 +5,7 @@ import os
 import signal
 import subprocess
 import sys
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from peft_mcdi.evaluation.harness import (
     percent,
     recorded_runs,
     refined,
+    run_jobs,
     run_script,
     seeds_to_run,
     write_record,
@@ -80,6 +82,22 @@ def test_recorded_runs_are_the_runs_finished_under_the_same_configuration(tmp_pa
     stem.with_suffix(".json").write_text('{"runs": [')
     with pytest.raises(ValueError, match="llm_x.json is not a results record"):
         recorded_runs(stem, "k1")
+
+
+def _job(folder: Path, name: str) -> None:
+    if name == "bad":
+        raise ValueError("job 'bad' failed")
+    (folder / name).write_text(json.dumps({"pid": os.getpid(), "threads": torch.get_num_threads()}))
+
+
+def test_run_jobs_runs_every_job_in_one_thread_processes_and_raises_a_failure(tmp_path):
+    run_jobs([partial(_job, tmp_path, str(i)) for i in range(5)], workers=2)
+    done = [json.loads((tmp_path / str(i)).read_text()) for i in range(5)]
+    assert all(d["threads"] == 1 and d["pid"] != os.getpid() for d in done)
+    with pytest.raises(ValueError, match="job 'bad' failed"):
+        run_jobs([partial(_job, tmp_path, "bad")], workers=2)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_jobs([], workers=0)
 
 
 def test_quick_runs_one_seed_unless_asked():

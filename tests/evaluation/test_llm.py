@@ -14,6 +14,7 @@ from peft_mcdi.evaluation.llm import (
     FUNCTIONAL,
     GENERATOR_VARIANTS,
     LLMBenchConfig,
+    prefill_stages,
     results_key,
     run_llm_benchmark,
     run_variant,
@@ -22,9 +23,10 @@ from peft_mcdi.evaluation.llm import (
 from peft_mcdi.evaluation.llm_report import markdown, plot_accuracy_vs_time, summarize
 from peft_mcdi.generator.model import McDiGenerator
 from peft_mcdi.models.offline import MINILM_HUB_ID, resolve_pretrained
-from peft_mcdi.pipeline import build_tasksets
+from peft_mcdi.pipeline import build_tasksets, zoo_folder
 from peft_mcdi.tasks.base import _REGISTRY as task_registry
 from peft_mcdi.tasks.text_lora import KNOWN_BASES, _wordnet_tasksets
+from peft_mcdi.utils import cache_root
 
 
 pytestmark = pytest.mark.skipif(
@@ -79,8 +81,26 @@ def config(request):
 
 
 @pytest.fixture(scope="module")
-def record(config):
+def prefilled(config):
+    """The seed's stages filled by two one-thread processes (benchmarks/llm.py --workers 2); which caches they left."""
+    prefill_stages(config, 0, workers=2)
+    zoo, _ = zoo_folder(config.pipeline(0, "mcdi"))
+    baselines = cache_root() / "runs" / f"baselines-{zoo.name}"
+    return {
+        **{v: (Path(config.pipeline(0, v).output_dir) / "results.json").is_file() for v in config.variants},
+        "multitask_lora": any(baselines.glob("multitask-*.safetensors")),
+        "finetune_curves": len(list((baselines / "finetune").glob("*.json"))) == config.num_test_tasks,
+    }
+
+
+@pytest.fixture(scope="module")
+def record(config, prefilled):
     return run_llm_benchmark(config, seed=0)
+
+
+def test_the_workers_fill_every_stage_before_the_record_reads_them(prefilled, record):
+    assert all(prefilled.values()), prefilled
+    assert record["meta_train_seconds"]["mcdi"] > 0  # the record reads what the workers trained
 
 
 def test_every_method_is_measured_on_the_same_heldout_tasks(record):
