@@ -60,7 +60,8 @@ def run(cmd: list[str], tmp_path) -> str:
 
 
 def test_two_processes_equal_one(tmp_path):
-    config = write_config(tmp_path / "tiny.yaml")
+    # single-level here, Reptile in tests/meta/test_distributed.py: each outer update's all-reduce in the default suite
+    config = write_config(tmp_path / "tiny.yaml", meta={"algorithm": "single_level"})
     outputs = {}
     for n in (1, 2):
         out, zoo = tmp_path / f"out{n}", tmp_path / f"zoo{n}"

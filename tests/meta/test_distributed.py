@@ -22,7 +22,8 @@ def run(cmd: list[str]) -> None:
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.parametrize("algorithm", ["reptile", "single_level"])
+# single-level under two processes also runs end to end in the default suite (tests/examples/test_train.py)
+@pytest.mark.parametrize("algorithm", ["reptile", pytest.param("single_level", marks=pytest.mark.slow)])
 def test_two_processes_equal_one(tmp_path, algorithm):
     one, two = tmp_path / "one.safetensors", tmp_path / "two.safetensors"
     run([sys.executable, str(SCRIPT), str(one), algorithm])
