@@ -6,6 +6,7 @@ prototype, Reptile and memorisation baselines, on the same test episodes (issue 
     python benchmarks/vision.py --suite transfer --seeds 0 1 2   # glyphs + animals → Fashion-MNIST, digits
     python benchmarks/vision.py --suite dg --seeds 0 1 2         # leave-one-domain-out over 4 Fashion-MNIST domains
     python benchmarks/vision.py --suite all --seeds 0 1 2
+    python benchmarks/vision.py --suite all --seeds 0 --workers 2   # its runs in two one-thread processes
     python benchmarks/vision.py --suite fewshot --quick          # a few minutes: smaller zoo, budget, episodes
 
 Each seed reruns the suite (data split, backbone, zoo, meta-training, episodes); every stage is cached under
@@ -20,12 +21,19 @@ import json
 import shlex
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from peft_mcdi.evaluation.harness import recorded_runs, run_script, seeds_to_run, write_record  # noqa: E402
+from peft_mcdi.evaluation.harness import (  # noqa: E402
+    recorded_runs,
+    run_jobs,
+    run_script,
+    seeds_to_run,
+    write_record,
+)
 from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark  # noqa: E402
 from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures  # noqa: E402
 from peft_mcdi.tasks.vision_suites import DG_DOMAINS, glyph_distortion  # noqa: E402
@@ -75,9 +83,18 @@ def main() -> None:
     parser.add_argument("--suite-config", help="JSON overrides of the suite config, e.g. '{\"num_test_tasks\": 600}'")
     parser.add_argument("--bench-config", help='JSON overrides of VisionBenchConfig, e.g. \'{"variants": ["mcdi"]}\'')
     parser.add_argument("--out-dir", default=str(RESULTS), help="where vision_<suite>.json/.md/.png go")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="one-thread processes running the missing (suite, fold, seed) runs side by side before the records "
+        "are written; 2 on a 2-core machine",
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--report", action="store_true", help="only redraw the .md and .png from the results JSON")
     args = parser.parse_args()
+    if args.workers < 1:
+        parser.error(f"--workers must be >= 1, got {args.workers}")
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     if args.report:
         for suite in suites:
@@ -98,8 +115,27 @@ def main() -> None:
     seeds = seeds_to_run(args.seeds, args.quick)
     key = stable_hash([config.to_dict(), suite_overrides])  # the configuration every run of this call is made under
     print(f"vision benchmark: suites {suites}, seeds {seeds}; results in {args.out_dir}", flush=True)
+    if args.workers > 1:
+        run_jobs(missing_runs(args, suites, config, suite_overrides, seeds, key), args.workers)
     for suite in suites:
         run_suite(args, suite, config, suite_overrides, seeds, key)
+
+
+def missing_runs(args, suites: list[str], config: VisionBenchConfig, suite_overrides: dict, seeds: list[int],
+                 key: str) -> list[partial]:  # fmt: skip
+    """The runs (suite, fold, seed) the results JSONs do not hold under ``key``, as jobs for ``--workers``: each
+    caches its result, which :func:`run_suite` then reads back."""
+    jobs = []
+    for suite in suites:
+        stem = Path(args.out_dir) / f"vision_{suite}{'_quick' if args.quick else ''}"
+        recorded = {(r["seed"], r.get("member")) for r in recorded_runs(stem, key)}
+        for seed in seeds:
+            for name, overrides in SUITES[suite]:
+                if (seed, stable_hash([name, overrides])) not in recorded:
+                    log = partial(print, f"[{name} seed {seed}]", flush=True)
+                    jobs.append(partial(run_vision_benchmark, name, {**overrides, **suite_overrides}, config, seed,
+                                        log=log))  # fmt: skip
+    return jobs
 
 
 def run_suite(args, suite: str, config: VisionBenchConfig, suite_overrides: dict, seeds: list[int], key: str) -> None:
@@ -114,7 +150,8 @@ def run_suite(args, suite: str, config: VisionBenchConfig, suite_overrides: dict
                 continue
             start = time.perf_counter()
             run = run_vision_benchmark(name, {**overrides, **suite_overrides}, config, seed, args.progress)
-            runs[seed, member] = {**run, "seconds": time.perf_counter() - start, "config_key": key, "member": member}
+            # a run that recorded its own time keeps it (one a worker ran is only read back here)
+            runs[seed, member] = {"seconds": time.perf_counter() - start, **run, "config_key": key, "member": member}
             save_runs(args, suite, stem, runs, list(members))
     write_pictures(*save_runs(args, suite, stem, runs, list(members)), stem)
     print(stem.with_suffix(".md").read_text())

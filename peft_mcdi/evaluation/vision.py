@@ -340,7 +340,7 @@ def run_vision_benchmark(
 ) -> dict:
     """One suite, one seed (the seed reruns the suite's data, zoo, meta-training and episodes)."""
     suite_kwargs = {**suite_kwargs, "seed": seed}
-    start = time.perf_counter()
+    began = start = time.perf_counter()
     suite = build_suite(suite_name, **suite_kwargs, progress=progress)
     log(f"{suite.name} seed {seed}: {len(suite.train)} training episodes, settings {list(suite.tests)} "
         f"({time.perf_counter() - start:.0f} s)")  # fmt: skip
@@ -448,6 +448,7 @@ def run_vision_benchmark(
         "zoo_seconds": zoo_seconds,
         "training": training,
         "settings": settings,
+        "seconds": time.perf_counter() - began,  # the whole run, wherever it ran (a worker process, another day)
     }
     atomic_write_text(run_dir / RESULT_NAME, json.dumps(result, indent=1))
     return result

@@ -60,6 +60,7 @@ def test_every_method_on_the_same_episodes(tiny_run):
     functional = run["training"]["mcdi_functional"]["curve"]  # the budgets, then the chain fine-tuning
     assert [p.get("outer_steps") for p in functional] == [3, 6, None] and functional[-1]["chain_steps"] == 2
     assert run["training"]["hypernetwork_sft"]["steps"] > 0
+    assert run["seconds"] > 0  # the run's own time, kept when a worker ran it and the script only reads it back
 
 
 def test_rerun_resumes_from_the_caches(tiny_run):
@@ -70,6 +71,25 @@ def test_rerun_resumes_from_the_caches(tiny_run):
     again = run_vision_benchmark("vision-dg", SUITE, config, seed=0, log=lambda *a: None)
     assert again["training"]["mcdi"]["curve"] == run["training"]["mcdi"]["curve"]  # measured once, kept
     assert again["settings"]["5w1s"]["accuracy"]["mcdi"] == run["settings"]["5w1s"]["accuracy"]["mcdi"]
+
+
+def test_workers_get_the_runs_no_record_holds(tmp_path):
+    """benchmarks/vision.py --workers: one job per (fold, seed) missing from the results JSON under this key."""
+    import argparse
+    import runpy
+
+    script = runpy.run_path(str(Path(__file__).resolve().parents[2] / "benchmarks" / "vision.py"))
+    args = argparse.Namespace(out_dir=str(tmp_path), quick=False)
+    config, folds = VisionBenchConfig(), script["SUITES"]["dg"]
+    jobs = script["missing_runs"](args, ["dg"], config, {}, [0, 1], "key")
+    assert [(j.args[0], j.args[1]["heldout_domain"], j.args[3]) for j in jobs] == [
+        ("vision-dg", overrides["heldout_domain"], seed) for seed in (0, 1) for _, overrides in folds
+    ]
+    member = script["stable_hash"]([folds[0][0], folds[0][1]])
+    recorded = {"runs": [{"seed": 0, "member": member, "config_key": "key"}]}
+    (tmp_path / "vision_dg.json").write_text(json.dumps(recorded))
+    assert len(script["missing_runs"](args, ["dg"], config, {}, [0, 1], "key")) == 2 * len(folds) - 1
+    assert len(script["missing_runs"](args, ["dg"], config, {}, [0, 1], "other")) == 2 * len(folds)
 
 
 def test_report(tiny_run, tmp_path):
