@@ -494,12 +494,9 @@ def prefill_stages(config: LLMBenchConfig, seed: int, workers: int) -> None:
     variants and the baselines, longest first (the functional variants, the baselines, the paper's variants)."""
     _seed_tasksets(config, seed)  # built once here: the forked jobs inherit it
     run_jobs([partial(_zoo_shard, config, seed, rank, workers) for rank in range(workers)], workers)
-    ordered = sorted(config.variants, key=lambda v: not variant_recipe(v)[1])
-    functional = [v for v in ordered if variant_recipe(v)[1]]
-    jobs = [partial(_variant_stage, config, seed, v) for v in functional]
-    jobs.append(partial(_baseline_stage, config, seed))
-    jobs += [partial(_variant_stage, config, seed, v) for v in ordered if v not in functional]
-    run_jobs(jobs, workers)
+    functional = [partial(_variant_stage, config, seed, v) for v in config.variants if variant_recipe(v)[1]]
+    paper = [partial(_variant_stage, config, seed, v) for v in config.variants if not variant_recipe(v)[1]]
+    run_jobs([*functional, partial(_baseline_stage, config, seed), *paper], workers)
 
 
 _TASKSETS: dict[str, object] = {}  # the task splits prefill_stages built, by family and arguments
