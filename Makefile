@@ -7,7 +7,7 @@ setup:
 	bash scripts/setup.sh
 
 run: setup
-	$(PY) examples/quickstart.py
+	$(PY) examples/main_job.py
 
 quality: setup
 	$(PY) -m ruff check .

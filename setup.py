@@ -11,7 +11,7 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     packages=find_packages(include=["peft_mcdi", "peft_mcdi.*"]),
-    package_data={"peft_mcdi": ["py.typed", "evaluation/metric_scripts/*/*.py"]},
+    package_data={"peft_mcdi": ["py.typed", "evaluation/metric_scripts/*/*.py", "shipped/*/*"]},
     python_requires=">=3.10",
     entry_points={"console_scripts": ["mcdi=peft_mcdi.cli.main:main"]},
     install_requires=[

@@ -5,6 +5,7 @@ __version__ = "0.1.0.dev0"
 
 from peft_mcdi import _logging  # noqa: F401  (first: before peft imports bitsandbytes)
 from peft_mcdi._registration import register
+from peft_mcdi.auto import AutoMcDiModel
 from peft_mcdi.generator.codec import TokenLayout, WeightCodec
 from peft_mcdi.generator.denoisers import DenoiserConfig
 from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator
@@ -21,6 +22,7 @@ register()  # idempotent: makes "MCDI" a PEFT type (get_peft_model, PeftModel.fr
 
 __all__ = [
     "AdaptInfo",
+    "AutoMcDiModel",
     "McDiConfig",
     "McDiModel",
     "SAM",

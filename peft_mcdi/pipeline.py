@@ -325,10 +325,10 @@ def prepare_zoo(
 
 
 def adapter_metadata(task) -> dict:
-    """What a LoRA generator's metadata records so that it can be applied later (``mcdi generate``): the base model,
-    target modules, rank, alpha, task type and task encoder of the task family's shared PEFT model (whose config
-    names the base by its Hub id, see ``text_lora.build_peft_model``); families without a base model (logistic)
-    give ``{}``."""
+    """What a LoRA generator's metadata records so that it can be applied later (``mcdi generate``,
+    ``AutoMcDiModel``): the base model, target modules, rank, alpha, task type and task encoder of the task family's
+    shared PEFT model (whose config names the base by its Hub id, see ``text_lora.build_peft_model``), and its input
+    template and class names; families without a base model (logistic) give ``{}``."""
     model = getattr(getattr(task, "shared", None), "model", None)
     peft_config = getattr(model, "peft_config", None)
     if not isinstance(peft_config, dict) or "default" not in peft_config:
@@ -345,7 +345,8 @@ def adapter_metadata(task) -> dict:
     num_labels = getattr(getattr(model, "config", None), "num_labels", None)
     if meta["task_type"] == "SEQ_CLS" and num_labels:
         meta["num_labels"] = int(num_labels)
-    return {k: v for k, v in meta.items() if v is not None}
+    usage = getattr(task.shared, "usage_metadata", dict)()  # the input template and class names, where known
+    return {k: v for k, v in {**meta, **usage}.items() if v is not None}
 
 
 def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[McDiGenerator, ZooTensors]:

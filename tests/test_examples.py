@@ -36,3 +36,12 @@ def test_quickstart_runs_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(recorder, "train_task", no_recollection)
     again = quickstart.main(argv)
     assert again["history"] == results["history"]
+
+
+def test_main_job_adapts_held_out_categories_with_the_shipped_generator(tmp_path, capsys):
+    rows = load_example("main_job").main(["--tasks", "2", "--out", str(tmp_path / "main_job.md")])
+    table = (tmp_path / "main_job.md").read_text()
+    assert capsys.readouterr().out.strip() == table.strip()
+    assert len(rows) == 2 and table.count("\n| ") == 2 + 2  # header, two categories, mean
+    assert "| **mean** |" in table and "multi-task LoRA" in table  # taken from the committed record
+    assert all(0 <= row["generated"] <= 1 and row["adapt ms"] > 0 for row in rows)

@@ -25,6 +25,13 @@ def scaled(code: str, replacements: dict[str, str]) -> str:
     return code
 
 
+def test_opening_block_adapts_minilm_with_the_shipped_generator(capsys):
+    opening = README.read_text(encoding="utf-8").split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", opening, re.S)
+    exec(code, {})
+    assert re.fullmatch(r"tensor\(\[[01], [01]\]\)", capsys.readouterr().out.strip().splitlines()[-1])
+
+
 def test_peft_method_block(tmp_path, monkeypatch):
     from peft import get_peft_model
 

@@ -54,45 +54,14 @@ def _parse_condition(text: str, generator):
     return torch.tensor(values)
 
 
-def _build_base_model(base: str, meta: dict):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
-    from peft_mcdi.models.offline import from_pretrained
-    from peft_mcdi.utils import check_local_or_hub
-
-    check_local_or_hub(base, "--base-model")
-    if str(meta.get("task_type", "")).upper() == "SEQ_CLS":
-        model = from_pretrained(AutoModelForSequenceClassification, base, num_labels=int(meta.get("num_labels", 2)))
-    else:
-        model = from_pretrained(AutoModelForCausalLM, base)
-    _check_target_modules(model, base, meta)
-    return model
-
-
-def _check_target_modules(model, base: str, meta: dict) -> None:
-    """Say what differs when the base has none of the modules the generator writes LoRA for (peft alone would stop
-    at "no modules were targeted"); shape differences are ``attach_generator``'s to report."""
-    leaves = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [m for m in meta["target_modules"] if m not in leaves]
-    if missing:
-        kinds = {"Linear", "Conv1D", "Linear4bit", "Linear8bitLt"}  # the layers LoRA attaches to in such bases
-        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if type(m).__name__ in kinds})
-        raise CommandError(
-            f"the generator writes LoRA for {sorted(meta['target_modules'])} of {meta.get('base_model') or 'its base'}"
-            f", but {base} has no module named {missing} (its linear layers: {linear[:8]}); pass the base model the "
-            "generator was trained for, or omit --base-model"
-        )
-
-
 def cmd_generate(args) -> int:
-    import torch
-    from peft import get_peft_model
     from safetensors.torch import save_file
     from transformers.utils import logging as hf_logging
 
     import peft_mcdi
+    from peft_mcdi.auto import model_for_generator
     from peft_mcdi.generator.condition import DEFAULT_TEXT_ENCODER, TextEncoder
-    from peft_mcdi.utils import atomic_write, atomic_write_text
+    from peft_mcdi.utils import atomic_write, atomic_write_text, check_local_or_hub
 
     if (args.prompt is None) == (args.condition is None):
         raise CommandError("give exactly one of a task prompt or --condition")
@@ -150,26 +119,20 @@ def cmd_generate(args) -> int:
         raise CommandError("this generator produces classifier-head rows, not a LoRA adapter for a base model")
     if not meta.get("target_modules"):
         raise CommandError("the generator's metadata names no target_modules; it cannot be applied to a base model")
-    extra = {"lora_alpha": meta["lora_alpha"]} if meta.get("lora_alpha") is not None else {}
-    config = peft_mcdi.McDiConfig(
-        r=int(meta.get("r", 8)),
-        **extra,
-        target_modules=list(meta["target_modules"]),
-        task_type=meta.get("task_type"),
-        generator_name_or_path=args.generator,
-        generator_revision=args.revision,
+    check_local_or_hub(base, "--base-model")
+    model = model_for_generator(
+        generator,
+        args.generator,
+        args.revision,
+        base,
+        with_tokenizer=False,
         task_encoder=encoder_name,
         sampler=args.sampler,
         num_sampling_steps=args.num_steps,
         guidance_scale=args.guidance_scale,
         temperature=args.temperature,
         seed=args.seed,
-        num_train_timesteps=sched.num_train_timesteps,
-        num_segments=sched.num_segments,
     )
-    torch.manual_seed(0)  # the base model's freshly initialised parts (none for a complete checkpoint)
-    model = get_peft_model(_build_base_model(base, meta), config)
-    model.base_model.attach_generator(generator)  # says what differs when the base model is not the right one
     if encoder is not None:
         model.base_model._mcdi_encoders[encoder_name] = encoder  # already loaded above: reuse it
     info = model.adapt(args.prompt) if args.prompt is not None else model.adapt(embedding=condition)

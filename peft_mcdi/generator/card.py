@@ -51,9 +51,14 @@ def generator_card(generator, repo_id: str | None = None) -> str:
         lines.append(f"| generation latency (median) | {meta['latency_ms']:.2f} ms |")
     for metric, value in (meta.get("results") or {}).items():
         lines.append(f"| {metric} | {value} |")
+    if meta.get("heldout"):
+        lines += ["", f"Held-out tasks: {meta['heldout']['split']}."]
     if meta.get("licenses"):
         lines += ["", "## Licences of the models and data used", ""]
         lines += [f"- {what}: {licence}" for what, licence in meta["licenses"].items()]
+    if meta.get("train_tasks"):
+        lines += ["", "## Training tasks", "", f"<details><summary>{len(meta['train_tasks'])} tasks</summary>", ""]
+        lines += [", ".join(meta["train_tasks"]), "", "</details>"]
     if generator.codec.row_tokens:  # a head generator: conditioned on class prototypes of a frozen backbone
         usage = [
             "from peft_mcdi.tuners.head import McDiHeadConfig, McDiHeadModel",
@@ -62,6 +67,8 @@ def generator_card(generator, repo_id: str | None = None) -> str:
             "model.adapt(support_images, support_labels)  # a linear head, no gradient step",
             "logits = model(query_images)",
         ]
+    elif meta.get("base_model") and meta.get("task_type"):  # everything AutoMcDiModel needs is in the metadata
+        usage = auto_model_usage(name, meta)
     else:
         usage = [
             "import peft_mcdi",
@@ -74,6 +81,33 @@ def generator_card(generator, repo_id: str | None = None) -> str:
         ]
     lines += ["", "## Usage", "", "```python", *usage, "```", ""]
     return "\n".join(lines)
+
+
+def auto_model_usage(name: str, meta: dict) -> list[str]:
+    """The card's snippet for a LoRA generator whose metadata names its base: one call to a ready model, then the
+    inputs in the generator's template (tests run it as written)."""
+    example = meta.get("example") or {"prompt": "Describe the task in one sentence.", "inputs": ["an input"]}
+    lines = [
+        "from peft_mcdi import AutoMcDiModel",
+        "",
+        f'model = AutoMcDiModel.from_generator("{name}")  # the base model, tokenizer and input template',
+        f"model.adapt({json.dumps(example['prompt'], ensure_ascii=False)})  # LoRA generated, no gradient step",
+        f"words = {json.dumps(example['inputs'], ensure_ascii=False)}",
+        "inputs = model.tokenizer([model.input_template.format(input=w) for w in words], padding=True, "
+        'return_tensors="pt")',
+    ]
+    if str(meta["task_type"]).upper() == "SEQ_CLS":
+        lines += [
+            "predicted = model(**inputs).logits.argmax(-1).tolist()",
+            "print({w: model.config.id2label[p] for w, p in zip(words, predicted)})",
+        ]
+    else:
+        lines += [
+            "answers = model.generate(**inputs, max_new_tokens=8, do_sample=False)",
+            'new = answers[:, inputs["input_ids"].shape[1] :]',
+            "print(model.tokenizer.batch_decode(new, skip_special_tokens=True))",
+        ]
+    return lines
 
 
 _SECTION_BEGIN, _SECTION_END = "<!-- mcdi:begin -->", "<!-- mcdi:end -->"

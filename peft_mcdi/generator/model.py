@@ -20,6 +20,7 @@ from peft_mcdi.generator.denoisers import DenoiserConfig, build_denoiser
 from peft_mcdi.generator.sampling import sample
 from peft_mcdi.generator.schedulers import SCHEDULER_CONFIG_NAME, LocalConsistencyScheduler, SchedulerConfig
 from peft_mcdi.meta.losses import LOSS_VARIANTS, LossNoise, diffusion_loss
+from peft_mcdi.shipped import shipped_generator_folder
 from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, check_local_or_hub
 
 
@@ -135,6 +136,15 @@ def upgrade_state(state: dict[str, torch.Tensor], config: GeneratorConfig) -> di
     if config.format_version < 2 and config.denoiser.condition_skip and state.get(old, torch.ones(())).dim() == 2:
         state = {(new if k == old else k): v for k, v in state.items()}
     return state
+
+
+def local_generator_folder(name_or_path: str | os.PathLike, revision: str | None = None) -> Path | None:
+    """Where a generator name resolves without the Hub: an existing local path, else a shipped generator's package
+    folder (unless a Hub ``revision`` is asked for); None: look it up on the Hub."""
+    folder = Path(name_or_path).expanduser()
+    if folder.exists():
+        return folder
+    return shipped_generator_folder(name_or_path) if revision is None else None
 
 
 class McDiGenerator(AnchoredDecoding, nn.Module):
@@ -258,13 +268,17 @@ class McDiGenerator(AnchoredDecoding, nn.Module):
         self.train_conditions = conditions.detach().float().to(self.device).clone()
 
     # --------------------------------------------------------------- save/load
-    def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """config.json + scheduler_config.json + model.safetensors (denoiser, codec statistics, conditions)."""
+    def save_pretrained(self, save_directory: str | os.PathLike, dtype: torch.dtype | None = None) -> None:
+        """config.json + scheduler_config.json + model.safetensors (denoiser, codec statistics, conditions).
+        ``dtype``: store the floating-point tensors in it (``torch.float16`` halves the file, for shipping; they load
+        back as float32, so only the storage is rounded)."""
         save_directory = Path(save_directory)
         save_directory.mkdir(parents=True, exist_ok=True)
         atomic_write_text(save_directory / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2))
         self.scheduler.save_config(save_directory)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        if dtype is not None:
+            state = {k: v.to(dtype) if v.is_floating_point() else v for k, v in state.items()}
         atomic_write(save_directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         atomic_write_text(save_directory / CARD_NAME, generator_card(self))
 
@@ -302,14 +316,15 @@ class McDiGenerator(AnchoredDecoding, nn.Module):
         local_files_only: bool = False,
         device: str | torch.device = "cpu",
     ) -> McDiGenerator:
-        """Load from a local folder or a Hub repo id (usual Hub arguments)."""
-        check_local_or_hub(pretrained_model_name_or_path, "generator")
-        folder = Path(pretrained_model_name_or_path).expanduser()
-        if folder.exists() and not folder.is_dir():
+        """Load from a local folder, a shipped generator's id (:mod:`peft_mcdi.shipped`) or a Hub repo id (usual
+        Hub arguments). Weights stored in half precision load as float32."""
+        folder = local_generator_folder(pretrained_model_name_or_path, revision)
+        if folder is not None and not folder.is_dir():
             raise NotADirectoryError(
                 f"{folder} is a file; a generator is a folder ({CONFIG_NAME}, {WEIGHTS_NAME}, …)."
             )
-        if not folder.is_dir():
+        if folder is None:
+            check_local_or_hub(pretrained_model_name_or_path, "generator")
             from huggingface_hub import snapshot_download
 
             try:
@@ -338,7 +353,7 @@ class McDiGenerator(AnchoredDecoding, nn.Module):
             state = load_file(folder / WEIGHTS_NAME)
         except (SafetensorError, OSError) as err:
             raise ValueError(f"{folder / WEIGHTS_NAME} is corrupt or truncated ({err}).") from err
-        state = upgrade_state(state, config)
+        state = upgrade_state({k: v.float() if v.is_floating_point() else v for k, v in state.items()}, config)
         model.train_conditions = torch.zeros_like(state.get("train_conditions", model.train_conditions))
         model.load_state_dict(state, strict=True)
         return model.to(device)

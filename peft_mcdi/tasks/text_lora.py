@@ -43,9 +43,15 @@ class SharedLoRAModel:
                 self.theta0[name] = torch.zeros(p.shape)
 
     PROMPT_LENGTH = 64  # tokens kept of a task description put before the example (prompted baselines)
+    LABELS = ("no", "yes")  # class 0 and 1 of every task of these families: is the input a member?
 
     def texts(self, words: list[str]) -> list[str]:
         return words
+
+    def usage_metadata(self) -> dict:
+        """How a generator trained on these tasks is fed, for its metadata (``AutoMcDiModel`` reads it): the input
+        template (``str.format`` with ``{input}``) and the class names."""
+        return {"input_template": self.texts(["{input}"])[0], **({"labels": list(self.LABELS)} if self.LABELS else {})}
 
     def encode(self, words: list[str], descriptions: list[str] | None = None):
         """Tokenised inputs: the example alone in the fixed template, or, for the prompted baselines (multi-task
@@ -198,6 +204,7 @@ class CausalTemplateModel(SharedLoRAModel):
     (:class:`~peft_mcdi.tasks.text_generation.SharedGenerativeLoRAModel`)."""
 
     TEMPLATE = "Word: {word}\nAnswer:"
+    LABELS: tuple[str, ...] = ()  # the answer is text; subclasses that choose between label words name them
 
     def __init__(
         self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None
@@ -234,6 +241,7 @@ class SharedCausalLoRAModel(CausalTemplateModel):
     vocabulary at the answer position, the prediction the likelier of " no" / " yes"."""
 
     LABEL_WORDS = (" no", " yes")
+    LABELS = tuple(w.strip() for w in LABEL_WORDS)
 
     def __init__(
         self, peft_model, tokenizer, init_seed: int = 0, max_length: int = 32, template: str | None = None

@@ -253,6 +253,11 @@ def test_card_is_written_from_metadata(tmp_path):
     assert "| training tasks | 48 (wordnet) |" in card and "12.50 ms" in card and "WordNet licence" in card
     usage = card.split("```python")[1]
     assert usage.lstrip().startswith("import peft_mcdi")
+    # with the task type, the metadata says all AutoMcDiModel needs: the snippet is one call, then the template
+    gen.config.metadata.update(task_type="CAUSAL_LM", name="org/generator")
+    gen.save_pretrained(tmp_path)
+    usage = (tmp_path / "README.md").read_text().split("```python")[1]
+    assert 'AutoMcDiModel.from_generator("org/generator")' in usage and "model.input_template.format" in usage
 
 
 def test_push_to_hub_uploads_the_saved_folder(monkeypatch):

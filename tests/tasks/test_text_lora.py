@@ -206,3 +206,14 @@ def test_examples_in_context_reach_the_prompted_base(shared, tiny_causal, monkey
     expected = f"Does the word name a kind of fruit?\nWord: {word}\nAnswer:{(' no', ' yes')[label]}\n"
     prompts = [d for d in seen if d is not None]
     assert prompts[0][0] == expected + f"Word: {word2}\nAnswer:{(' no', ' yes')[label2]}"
+
+
+def test_generators_record_how_their_tasks_are_fed(shared, tiny_causal):
+    """What adapter_metadata adds for AutoMcDiModel: the input template with {input}, and the class names."""
+    from peft_mcdi.pipeline import adapter_metadata
+
+    encoder = adapter_metadata(fruit_task(shared))
+    assert encoder["input_template"] == "{input}" and encoder["labels"] == ["no", "yes"]
+    assert encoder["task_type"] == "SEQ_CLS" and encoder["num_labels"] == 2
+    assert tiny_causal.usage_metadata() == {"input_template": "Word: {input}\nAnswer:", "labels": ["no", "yes"]}
+    assert tiny_causal.usage_metadata()["input_template"].format(input="pear") == tiny_causal.texts(["pear"])[0]

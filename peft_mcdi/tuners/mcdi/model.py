@@ -11,7 +11,6 @@ import copy
 import hashlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from peft import LoraModel
@@ -21,7 +20,13 @@ from peft.utils import ModulesToSaveWrapper
 import peft_mcdi
 from peft_mcdi.generator.condition import TextEncoder
 from peft_mcdi.generator.denoisers import DenoiserConfig
-from peft_mcdi.generator.model import FORMAT_VERSION, WEIGHTS_NAME, GeneratorConfig, McDiGenerator
+from peft_mcdi.generator.model import (
+    FORMAT_VERSION,
+    WEIGHTS_NAME,
+    GeneratorConfig,
+    McDiGenerator,
+    local_generator_folder,
+)
 from peft_mcdi.generator.schedulers import SchedulerConfig
 
 
@@ -127,6 +132,7 @@ class McDiModel(LoraModel):
             "target_modules": sorted(config.target_modules) if config.target_modules else None,
             "r": config.r,
             "task_encoder": config.task_encoder,
+            **({"task_type": str(config.task_type)} if config.task_type else {}),
         }
         generator = McDiGenerator(
             GeneratorConfig(
@@ -374,10 +380,10 @@ def _count_tasks(prompts, embedding) -> int:
 
 
 def _weights_sha256(generator_path: str | None) -> str | None:
-    """sha256 of a local generator's weights file (the identity a provenance record needs); None otherwise."""
-    if generator_path is None:
+    """sha256 of a local or shipped generator's weights file (the identity a provenance record needs); None
+    otherwise."""
+    folder = local_generator_folder(generator_path) if generator_path is not None else None
+    if folder is None or not (folder / WEIGHTS_NAME).is_file():
         return None
-    path = Path(generator_path) / WEIGHTS_NAME
-    if not path.is_file():
-        return None
+    path = folder / WEIGHTS_NAME
     return hashlib.sha256(path.read_bytes()).hexdigest()
