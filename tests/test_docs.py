@@ -123,6 +123,8 @@ class Runner:
                 self.log.append(f"dry run (--print-config): mcdi {shlex.join(args)}")
                 return
             args = insert_overrides(args, TINY)
+        elif command == "demo":  # serves until stopped: parsed here, the page is driven by tests/test_demo.py
+            dry = True
         elif command == "bench":
             if "--engine" in args:
                 assert dry, "mark `mcdi bench --engine` slow"

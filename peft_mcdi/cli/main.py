@@ -9,6 +9,7 @@ write a generator's model card.
     mcdi bench --run-dir runs/x          # pictures (PNG) and results.md next to runs/x/results.json
     mcdi bench --generator runs/x/generator
     mcdi card --generator runs/x/generator
+    mcdi demo                            # a web page: describe a task, compare the answers
 
 A user mistake (a missing file, a generator that does not fit the base model, an unknown config key) prints one
 line on stderr and exits with status 1 (2 for a malformed command line); ``--debug`` shows the traceback instead.
@@ -22,7 +23,7 @@ import sys
 
 import yaml
 
-from peft_mcdi.cli import bench, card, generate, training
+from peft_mcdi.cli import bench, card, demo, generate, training
 from peft_mcdi.cli.common import CONFIG_EPILOG
 
 
@@ -52,6 +53,7 @@ def build_parser(prog: str = "mcdi", command: str | None = None) -> argparse.Arg
     generate.add_parser(sub)
     bench.add_parser(sub)
     card.add_parser(sub)
+    demo.add_parser(sub)
     if command is not None:
         sub.choices[command].prog = prog
     return parser

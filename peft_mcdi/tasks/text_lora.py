@@ -177,12 +177,21 @@ class SharedLoRAModel:
     def zero_shot_accuracy(
         self, description: str, pairs: list[tuple[str, int]], examples: list[tuple[str, int]] = ()
     ) -> float:
-        """The base encoder alone, told the task: a word is positive when its mean-pooled embedding is closer to the
-        description's than the median word's (the threshold uses no labels; test sets are balanced). With labelled
-        ``examples`` (the encoder's form of examples in context), the reference moves towards the positive ones and
-        away from the negative ones: description + mean of ±(example embedding), all unit vectors."""
+        """Accuracy of :meth:`told_the_task` on labelled ``pairs`` (the threshold uses no labels; test sets are
+        balanced)."""
+        predicted, _ = self.told_the_task(description, [w for w, _ in pairs], examples)
+        return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
+
+    @torch.no_grad()
+    def told_the_task(
+        self, description: str, words: list[str], examples: list[tuple[str, int]] = ()
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The base encoder alone, told the task (the cosine rule): (membership, similarity) of each word — a word is
+        a member when its mean-pooled embedding is closer to the description's than the median word's. With
+        labelled ``examples`` (the encoder's form of examples in context), the reference moves towards the positive
+        ones and away from the negative ones: description + mean of ±(example embedding), all unit vectors."""
         encoder = self.model.get_base_model().base_model  # the bare transformer under the classification head
-        texts = [description, *[w for w, _ in examples], *[w for w, _ in pairs]]
+        texts = [description, *[w for w, _ in examples], *words]
         with self.model.disable_adapter():
             enc = self.tokenizer(texts, padding=True, return_tensors="pt")
             hidden = encoder(**enc).last_hidden_state
@@ -193,8 +202,7 @@ class SharedLoRAModel:
             signs = torch.tensor([2.0 * y - 1 for _, y in examples])
             reference = reference + (signs[:, None] * pooled[1:k]).mean(0)
         similarity = pooled[k:] @ reference
-        predicted = similarity > similarity.median()
-        return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
+        return similarity > similarity.median(), similarity
 
 
 class CausalTemplateModel(SharedLoRAModel):

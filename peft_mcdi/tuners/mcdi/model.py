@@ -146,6 +146,11 @@ class McDiModel(LoraModel):
         self.attach_generator(generator, adapter_name)
         return generator
 
+    def get_generator(self, adapter_name: str = "default") -> McDiGenerator:
+        """The generator that writes ``adapter_name`` (loaded from its config's ``generator_name_or_path`` on first
+        use): its metadata, training conditions and card."""
+        return self._generator_for(adapter_name)
+
     def _generator_for(self, adapter_name: str) -> McDiGenerator:
         if adapter_name not in self._mcdi_generators:
             config = self.peft_config[adapter_name]
