@@ -67,7 +67,6 @@ def model_for_generator(
 ):
     """:meth:`AutoMcDiModel.from_generator` for a generator already loaded from ``name``; ``mcdi generate``, which
     feeds the model no text, skips the tokenizer."""
-    from peft import get_peft_model
     from transformers import AutoTokenizer
 
     from peft_mcdi.models.offline import from_pretrained
@@ -104,12 +103,7 @@ def model_for_generator(
     }
     config = McDiConfig(**options)
     torch.manual_seed(0)  # the base's freshly initialised parts (a classification head), overwritten by adapt()
-    base_model = base_model_for(base, meta)
-    with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5 deprecates: not the user's concern
-        warnings.filterwarnings(
-            "ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
-        )
-        model = get_peft_model(base_model, config, adapter_name=adapter_name)
+    model = quiet_get_peft_model(base_model_for(base, meta), config, adapter_name)
     model.base_model.attach_generator(generator, adapter_name)  # says what differs when the base is another one
     model.tokenizer = from_pretrained(AutoTokenizer, base) if with_tokenizer else None
     model.input_template = meta.get("input_template", DEFAULT_INPUT_TEMPLATE)
@@ -138,6 +132,18 @@ def base_model_for(base: str, meta: dict):
         model = from_pretrained(AutoModelForCausalLM, base)
     check_target_modules(model, base, meta)
     return model
+
+
+def quiet_get_peft_model(base_model, config, adapter_name: str = "default"):
+    """``peft.get_peft_model`` without the FutureWarning that peft 0.21 triggers by reading a property transformers 5
+    deprecates (``is_gradient_checkpointing``): not the user's call, and nothing the user can change."""
+    from peft import get_peft_model
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=".*is_gradient_checkpointing.* is deprecated", category=FutureWarning
+        )
+        return get_peft_model(base_model, config, adapter_name=adapter_name)
 
 
 @contextmanager

@@ -91,7 +91,8 @@ def auto_model_usage(name: str, meta: dict) -> list[str]:
         "from peft_mcdi import AutoMcDiModel",
         "",
         f'model = AutoMcDiModel.from_generator("{name}")  # the base model, tokenizer and input template',
-        f"model.adapt({json.dumps(example['prompt'], ensure_ascii=False)})  # LoRA generated, no gradient step",
+        f"prompt = {json.dumps(example['prompt'], ensure_ascii=False)}",
+        "model.adapt(prompt)  # the LoRA weights are generated: no gradient step",
         f"words = {json.dumps(example['inputs'], ensure_ascii=False)}",
         "inputs = model.tokenizer([model.input_template.format(input=w) for w in words], padding=True, "
         'return_tensors="pt")',

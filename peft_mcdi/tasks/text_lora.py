@@ -408,9 +408,9 @@ def build_peft_model(
     local folder (``task_type`` "CAUSAL_LM", the default, or "SEQ_CLS") — the full-scale configurations use the same
     path. ``load_in_4bit`` loads a causal LM's weights in nf4 with bitsandbytes (QLoRA-style; the LoRA stays
     float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
-    from peft import get_peft_model
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
+    from peft_mcdi.auto import quiet_get_peft_model, quiet_load_report
     from peft_mcdi.models.offline import SMOLLM2_HUB_ID, from_pretrained
     from peft_mcdi.tuners.mcdi import McDiConfig
 
@@ -423,13 +423,14 @@ def build_peft_model(
         raise ValueError(f"load_in_4bit is supported for causal-LM bases only, got base={base!r} ({task_type}).")
     torch.manual_seed(seed)
     if task_type == "SEQ_CLS":
-        model = from_pretrained(AutoModelForSequenceClassification, hub_id, num_labels=2)
+        with quiet_load_report():  # the head is missing from the checkpoint by design: tasks train or generate it
+            model = from_pretrained(AutoModelForSequenceClassification, hub_id, num_labels=2)
     else:
         quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
         model = from_pretrained(AutoModelForCausalLM, hub_id, dtype=torch.float32, **quantized)
         keep_4bit_layers_trainable_on_cpu(model)
     config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
-    peft_model = get_peft_model(model, config)  # names the base by its Hub id, not the offline copy's folder
+    peft_model = quiet_get_peft_model(model, config)  # names the base by its Hub id, not the offline copy's folder
     return peft_model, from_pretrained(AutoTokenizer, hub_id)
 
 
