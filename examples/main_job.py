@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from peft_mcdi import AutoMcDiModel, McDiGenerator
+from peft_mcdi import AutoMcDiModel
 from peft_mcdi.tasks.text_lora import SharedLoRAModel
 from peft_mcdi.tasks.wordnet import WordNetTaskConfig, build_concept_tasks
 from peft_mcdi.utils import atomic_write_text
@@ -64,7 +64,7 @@ def record_rows(seed: int) -> dict[str, dict[str, float]]:
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     model = AutoMcDiModel.from_generator(GENERATOR)
-    meta = McDiGenerator.from_pretrained(GENERATOR).config.metadata
+    meta = model.base_model.get_generator().config.metadata  # the copy the model already loaded
     split = WordNetTaskConfig(**meta["heldout"]["wordnet"])
     tasks = build_concept_tasks(split)["test"][: args.tasks]
     cosine_rule = SharedLoRAModel(model, model.tokenizer)  # the base model told the task (no adapter)

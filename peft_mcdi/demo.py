@@ -83,7 +83,7 @@ class TextDemo:
         if self.classifier:
             labels = self.model.config.id2label
             adapted = self.model(**self.tokenize(texts)).logits.argmax(-1).tolist()
-            members, _ = self.rule.told_the_task(description, inputs)
+            members = self.rule.told_the_task(description, inputs)
             base = [labels[int(m)] for m in members.tolist()]
             adapted = [labels[p] for p in adapted]
         else:

@@ -179,14 +179,12 @@ class SharedLoRAModel:
     ) -> float:
         """Accuracy of :meth:`told_the_task` on labelled ``pairs`` (the threshold uses no labels; test sets are
         balanced)."""
-        predicted, _ = self.told_the_task(description, [w for w, _ in pairs], examples)
+        predicted = self.told_the_task(description, [w for w, _ in pairs], examples)
         return float((predicted == torch.tensor([bool(y) for _, y in pairs])).float().mean())
 
     @torch.no_grad()
-    def told_the_task(
-        self, description: str, words: list[str], examples: list[tuple[str, int]] = ()
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The base encoder alone, told the task (the cosine rule): (membership, similarity) of each word — a word is
+    def told_the_task(self, description: str, words: list[str], examples: list[tuple[str, int]] = ()) -> torch.Tensor:
+        """The base encoder alone, told the task (the cosine rule): each word's membership (bool) — a word is
         a member when its mean-pooled embedding is closer to the description's than the median word's. With
         labelled ``examples`` (the encoder's form of examples in context), the reference moves towards the positive
         ones and away from the negative ones: description + mean of ±(example embedding), all unit vectors."""
@@ -202,7 +200,7 @@ class SharedLoRAModel:
             signs = torch.tensor([2.0 * y - 1 for _, y in examples])
             reference = reference + (signs[:, None] * pooled[1:k]).mean(0)
         similarity = pooled[k:] @ reference
-        return similarity > similarity.median(), similarity
+        return similarity > similarity.median()
 
 
 class CausalTemplateModel(SharedLoRAModel):
