@@ -17,6 +17,7 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,10 +27,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from peft_mcdi.evaluation.baselines.hypernetwork import OnePassHypernetwork  # noqa: E402
 from peft_mcdi.evaluation.metrics import median_ms  # noqa: E402
+from peft_mcdi.evaluation.vision import VisionBenchConfig  # noqa: E402
 from peft_mcdi.generator.denoisers import DenoiserConfig  # noqa: E402
+from peft_mcdi.generator.head import HeadGenerator  # noqa: E402
 from peft_mcdi.generator.model import GeneratorConfig, McDiGenerator  # noqa: E402
 from peft_mcdi.meta.data import ZooTensors  # noqa: E402
 from peft_mcdi.meta.trainer import MetaTrainConfig, MetaTrainer  # noqa: E402
+from peft_mcdi.pipeline import FUNCTIONAL  # noqa: E402
 
 
 RESULTS = Path(__file__).with_name("results")
@@ -61,6 +65,8 @@ CASES = {
     "head-5way-1280": ({"shapes": {"weight": [1280], "bias": []}, "row_tokens": True}, True, 5),
 }
 GOALS_MS = {"smollm2-qv-r8": 100.0, "smollm2-qv-r8-dense": 100.0, "head-5way-1280": 5.0}
+HEAD_CODEC = CASES["head-5way-1280"][0]
+HEAD_GOAL_MS, HEAD_GOAL_SPEEDUP = 5.0, 5.0  # issue 22: one 5-way head on one core, against today's raw-weight one
 ONE_CORE_CASE, ONE_CORE_GOAL_MS = "smollm2-qv-r8", 30.0  # SmolLM2-shaped adapter, all T DDPM steps, one core
 
 
@@ -175,15 +181,25 @@ def bench_generation(device: str, repeats: int) -> list[dict]:
     return rows
 
 
+@contextmanager
+def one_core():
+    """Pin the process to one core with one intra-op thread (no helper thread either), then restore both."""
+    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
+    os.sched_setaffinity(0, {min(affinity)})
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, affinity)
+        torch.set_num_threads(threads)
+
+
 def bench_one_core(case: str, repeats: int) -> dict:
     """The latency record on one core (affinity and intra-op pool, so no helper thread either): the default chain
     (in the denoiser's input row space where that pays) against the full-width chain of earlier versions, timed in
     alternation so that the VM's slow and fast spells reach both alike (the ratio is the median of the pairs'), plus
     the one-time cost of the row spaces (computed at a loaded generator's first call)."""
-    affinity, threads = os.sched_getaffinity(0), torch.get_num_threads()
-    os.sched_setaffinity(0, {min(affinity)})
-    torch.set_num_threads(1)
-    try:
+    with one_core():
         model, one = build(case, "mcdi", "cpu"), conditions(case, 1, "cpu")
         start = time.perf_counter()
         model.generate_vectors(one, seed=0)
@@ -193,14 +209,55 @@ def bench_one_core(case: str, repeats: int) -> dict:
              median_ms(generate_fn(model, one, "mcdi", row_space=False), repeats=1, warmup=0))
             for _ in range(repeats)
         ]  # fmt: skip
-    finally:
-        os.sched_setaffinity(0, affinity)
-        torch.set_num_threads(threads)
     row = {"case": case, "first_call_ms": first_ms, "rounds": repeats}
     row["mcdi_ms"] = statistics.median(default for default, _ in pairs)
     row["mcdi_full_chain_ms"] = statistics.median(full for _, full in pairs)
     row["speedup"] = statistics.median(full / default for default, full in pairs)
     row["goal_ms"] = ONE_CORE_GOAL_MS
+    print(json.dumps(row), flush=True)
+    return row
+
+
+def head_generators() -> dict[str, HeadGenerator]:
+    """The vision benchmark's two head generators as it builds them (untrained weights cost the same), for a 5-way
+    head over EfficientNet-Lite0's 1280-d features: the functional one with its default sampling (one draw, all T
+    DDPM steps of its chain) and the paper's raw-weight one with the benchmark's (mean of 8 draws, guidance 2)."""
+    config, width = VisionBenchConfig(), 1280
+    generators = {}
+    for name, variant in (("functional", "mcdi" + FUNCTIONAL), ("raw_weight", "mcdi")):
+        pipeline = config.pipeline(variant, width, "engine", seed=0)
+        generator = McDiGenerator(
+            GeneratorConfig(codec=HEAD_CODEC, denoiser=pipeline.denoiser, anchor=pipeline.anchor), pipeline.scheduler
+        )
+        generators[name] = HeadGenerator(generator) if name == "functional" else config.head_generator(generator)
+    return generators
+
+
+def bench_head_one_core(repeats: int) -> dict:
+    """The head-latency record (issue 22) on one core: one 5-way 1-shot head from the functional generator's
+    default sampler against today's raw-weight generator, timed in alternation like :func:`bench_one_core`."""
+    generators = head_generators()
+    support = torch.randn(5, 1280, generator=torch.Generator().manual_seed(0)), torch.arange(5)
+    with one_core():
+        pairs = [
+            tuple(median_ms(lambda g=g: g.generate_heads(*support), repeats=1, warmup=int(r == 0))
+                  for g in generators.values())
+            for r in range(repeats)
+        ]  # fmt: skip
+    functional, raw = generators["functional"], generators["raw_weight"]
+    row = {
+        "case": "head-5way-1280",
+        "rounds": repeats,
+        "functional_ms": statistics.median(f for f, _ in pairs),
+        "functional_steps": functional.generator.scheduler.num_train_timesteps,
+        "raw_weight_ms": statistics.median(r for _, r in pairs),
+        "raw_weight_steps": raw.generator.scheduler.num_train_timesteps,
+        "raw_weight_draws": raw.num_samples,
+        "raw_weight_guidance": raw.sample_kwargs["guidance_scale"],
+        "speedup": statistics.median(r / f for f, r in pairs),
+        "goal_ms": HEAD_GOAL_MS,
+        "goal_speedup": HEAD_GOAL_SPEEDUP,
+    }
     print(json.dumps(row), flush=True)
     return row
 
@@ -276,6 +333,20 @@ def markdown(record: dict) -> str:
         f"| {o['case']} | {o['mcdi_ms']:.2f} | {o['mcdi_full_chain_ms']:.2f} | {o['speedup']:.1f}× "
         f"| {o['goal_ms']:.0f} | {o['first_call_ms']:.1f} |",
     ]
+    h = record["head_one_core"]
+    lines += [
+        "",
+        f"One core, {h['case']} (5-way 1-shot support set, as `benchmarks/vision.py` builds each generator), "
+        f"{h['rounds']} alternating rounds: the functional head generator's default sampler (one draw, all "
+        f"{h['functional_steps']} DDPM steps of its chain) against today's raw-weight generator as the benchmark "
+        f"samples it (mean of {h['raw_weight_draws']} draws, guidance {h['raw_weight_guidance']}, "
+        f"{h['raw_weight_steps']} DDPM steps); speed-up is the median of the rounds' ratios.",
+        "",
+        "| weights | functional ms | raw-weight ms | speed-up | goal ms | goal speed-up |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| {h['case']} | {h['functional_ms']:.2f} | {h['raw_weight_ms']:.2f} | {h['speedup']:.1f}× "
+        f"| {h['goal_ms']:.0f} | {h['goal_speedup']:.0f}× |",
+    ]
     lines += [
         "",
         "| meta-training (Reptile) | meta-batch | inner steps | draws/task | ms per outer step | tasks/s |",
@@ -310,6 +381,7 @@ def main() -> None:
         "torch": torch.__version__,
         "generation": bench_generation(args.device, args.repeats),
         "one_core": bench_one_core(ONE_CORE_CASE, args.repeats),
+        "head_one_core": bench_head_one_core(args.repeats),
         "meta_training": bench_meta_training(args.device, args.meta_steps),
     }
     out = Path(args.out)

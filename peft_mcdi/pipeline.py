@@ -171,6 +171,14 @@ class FunctionalRecipe(DictConfigMixin):
     chain_last_steps: int = field(
         default=1, metadata={"help": "K of that fine-tuning: the chain's last K denoiser calls carry gradients."}
     )
+    num_train_timesteps: int | None = field(
+        default=None,
+        metadata={
+            "help": "T of the functional generator's chain (sampled with all T DDPM steps); None: the variant's. The "
+            "chain's latency is T denoiser calls, and the task loss trains what its few steps produce.",
+            "omit_default": True,
+        },
+    )
     meta_learning: str | None = field(
         default=None,
         metadata={
@@ -216,7 +224,11 @@ class FunctionalRecipe(DictConfigMixin):
             config,
             meta=meta,
             chain=chain,
-            scheduler=replace(config.scheduler, prediction_type=self.prediction_type),
+            scheduler=replace(
+                config.scheduler,
+                prediction_type=self.prediction_type,
+                num_train_timesteps=self.num_train_timesteps or config.scheduler.num_train_timesteps,
+            ),
             denoiser=replace(config.denoiser, condition_normalization=self.condition_normalization),
             anchor=self.anchor,
         )

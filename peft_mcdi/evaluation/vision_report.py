@@ -13,6 +13,7 @@ from pathlib import Path
 
 from peft_mcdi.evaluation.harness import mean_std, percent, pooled_interval
 from peft_mcdi.evaluation.plots import metric_vs_time_data, plot_metric_vs_time, plot_sampling_pca
+from peft_mcdi.evaluation.vision import MATCHED
 
 
 LABELS = {
@@ -35,6 +36,7 @@ LABELS = {
     "nearest_training_rows": "nearest training class rows",
     "mean_of_zoo": "mean head of zoo",
 }
+SHORT = {"mcdi": "Mc-Di", "mcdi_functional": "functional Mc-Di"}  # column headers
 
 
 def _mean_std(values: Sequence[float]) -> dict[str, float]:
@@ -57,7 +59,7 @@ def summarize(runs: Sequence[Mapping]) -> dict:
             "accuracy": {m: _mean_std([r["accuracy"][m] for r in results]) for m in methods},
             "ms_per_episode_median": {},
             "episodes_per_s_batched": {},
-            "steps_to_match_mcdi": {},
+            **{f"steps_to_match_{target}": {} for target in MATCHED},
             "distance_to_nearest_zoo_row": {
                 m: statistics.fmean(r["distance_to_nearest_zoo_row"][m] for r in results)
                 for m in results[0]["distance_to_nearest_zoo_row"]
@@ -77,8 +79,11 @@ def summarize(runs: Sequence[Mapping]) -> dict:
                 entry["episodes_per_s_batched"][method] = statistics.median(
                     r["cost"][method]["episodes_per_s_batched"] for r in results
                 )
-            if "steps_to_match_mcdi" in cost:
-                entry["steps_to_match_mcdi"][method] = [r["cost"][method]["steps_to_match_mcdi"] for r in results]
+            for target in MATCHED:
+                if f"steps_to_match_{target}" in cost:
+                    entry[f"steps_to_match_{target}"][method] = [
+                        r["cost"][method][f"steps_to_match_{target}"] for r in results
+                    ]
         summary[key] = entry
     summary.update(_fold_means(runs))
     return summary
@@ -108,7 +113,7 @@ def _fold_means(runs: Sequence[Mapping]) -> dict:
             "accuracy": {m: _mean_std(v) for m, v in per_seed.items()},
             "ms_per_episode_median": {},
             "episodes_per_s_batched": {},
-            "steps_to_match_mcdi": {},
+            **{f"steps_to_match_{target}": {} for target in MATCHED},
             "distance_to_nearest_zoo_row": {},
         }
     return out
@@ -131,16 +136,19 @@ def markdown(summary: Mapping, runs: Sequence[Mapping], title: str, command: str
         for s, pair, v in paired:
             lines.append(f"| {s} | {pair} | {100 * v['mean']:+.1f} | [{100 * v['low']:+.1f}, {100 * v['high']:+.1f}] "
                          f"| {v['episodes']} |")  # fmt: skip
+    targets = [t for t in MATCHED if any(summary[s].get(f"steps_to_match_{t}") for s in settings)]
     lines += ["", "## Cost of producing one head (median over seeds)", "",
-              "| setting | method | ms / episode | episodes / s batched | steps to match Mc-Di (per seed) |",
-              "|---|---|---|---|---|"]  # fmt: skip
+              "| setting | method | ms / episode | episodes / s batched | "
+              + " | ".join(f"steps to match {SHORT[t]} (per seed)" for t in targets) + " |",
+              "|---|---|---|---|" + "---|" * len(targets)]  # fmt: skip
     for s in settings:
         entry = summary[s]
         for m, ms in entry["ms_per_episode_median"].items():
             eps = entry["episodes_per_s_batched"].get(m)
-            match = entry["steps_to_match_mcdi"].get(m)
+            matches = [entry.get(f"steps_to_match_{t}", {}).get(m) for t in targets]
             lines.append(f"| {s} | {LABELS.get(m, m)} | {ms:.2f} | {f'{eps:.0f}' if eps else '–'} | "
-                         f"{', '.join(map(str, match)) if match else '–'} |")  # fmt: skip
+                         + " | ".join(", ".join(map(str, match)) if match else "–" for match in matches)
+                         + " |")  # fmt: skip
     lines += ["", "## Held-out accuracy against meta-training compute (first setting, per seed)", "",
               "| suite | seed | variant | (outer steps, seconds, accuracy %) |", "|---|---|---|---|"]  # fmt: skip
     for run in runs:

@@ -213,11 +213,14 @@ class _Denoiser(nn.Module):
         cond_emb = self.embed_condition(condition, drop_condition)
         mods = self.modulations(timesteps, None if self.config.per_token_condition else cond_emb)
         bias, skip = self.token_bias(cond_emb, layout), self.skip_scale(timesteps)
-        return self.denoise(sample, mods, bias, layout, skip, self.condition_rows(condition, drop_condition))
+        return self.denoise(sample, mods, bias, layout, skip, self.condition_rows(condition, drop_condition, layout))
 
-    def condition_rows(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None):
-        """What the condition skip reads (token denoisers with ``condition_skip`` only, else None): per token, the
-        features of its condition (B, N, 3, C), zero for dropped samples. Constant along a chain."""
+    def condition_rows(
+        self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None, layout: TokenLayout | None = None
+    ) -> torch.Tensor | None:
+        """What the condition skip adds before its gates (token denoisers with ``condition_skip`` only, else None):
+        per token in sequence order, the features of its condition scaled per weight coordinate (B, N, 3, C), zero
+        for dropped samples. Constant along a chain, so a sampler computes it once."""
         return None
 
     def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor | None:
@@ -450,17 +453,20 @@ class TokenSetDenoiser(_Denoiser):
     def skip_scale(self, timesteps: torch.Tensor) -> torch.Tensor:
         return self.skip[timesteps]
 
-    def condition_rows(self, condition: torch.Tensor, drop_condition: torch.Tensor | None = None):
+    def condition_rows(self, condition, drop_condition=None, layout=None):
         if not self.config.condition_skip:
             return None
-        c = condition.float()  # (B, N, C)
+        if layout is None:
+            raise ValueError("TokenSetDenoiser needs the token layout of the sample (codec.token_layout(...)).")
+        _, order, _ = self._plan(layout, condition.device)
+        c = condition.float()[:, order]  # (B, N, C), sequence order
         mean = c.mean(1, keepdim=True).expand_as(c)
         diff = c - mean
         diff = diff / diff.pow(2).mean(-1, keepdim=True).add(1e-12).sqrt()  # unit RMS per token
         rows = torch.stack([c, mean, torch.tanh(self.condition_sharpness * diff)], dim=2)  # (B, N, 3, C)
         if drop_condition is not None:
             rows = rows.masked_fill(drop_condition.view(-1, 1, 1, 1), 0.0)
-        return rows
+        return rows * self.condition_skip_scale
 
     def gather(self, sample: torch.Tensor, layout: TokenLayout) -> list[torch.Tensor]:
         """sample (B, D) → per type group, its tokens (B, n_type, d_type): one slice or gather per type, never one
@@ -509,8 +515,8 @@ class TokenSetDenoiser(_Denoiser):
             o = self.projections[g.name].decode(hg)  # (B, n_type, d_type)
             if condition_rows is not None:
                 gate = self.condition_gate(hg)  # (B, n_type, 3)
-                # (B, n_type, C): the gated own/mean condition, per weight coordinate
-                add = torch.einsum("bnk,bnkc,kc->bnc", gate, condition_rows[:, g.tokens], self.condition_skip_scale)
+                # (B, n_type, C): the gated features, one small matmul per token
+                add = (gate[..., None, :] @ condition_rows[:, offset : offset + n]).squeeze(-2)
                 C = add.shape[-1]
                 o = torch.cat([o[..., :C] + add, o[..., C:]], dim=-1)
             outs.append(o)

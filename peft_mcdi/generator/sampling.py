@@ -141,12 +141,12 @@ def sample(
     steps = scheduler.timesteps_for(num_inference_steps)
 
     cond_emb = denoiser.embed_condition(condition)
-    rows = denoiser.condition_rows(condition)
+    rows = denoiser.condition_rows(condition, layout=layout)
     guided = guidance_scale != 1.0
     if guided:  # conditional and unconditional halves in one forward
         dropped = torch.ones(B, dtype=torch.bool, device=device)
         cond_emb = torch.cat([cond_emb, denoiser.embed_condition(condition, dropped)])
-        rows = None if rows is None else torch.cat([rows, denoiser.condition_rows(condition, dropped)])
+        rows = None if rows is None else torch.cat([rows, denoiser.condition_rows(condition, dropped, layout)])
 
     # The adaLN modulations depend only on (t, condition): one batched computation for the whole chain.
     ts = torch.tensor([t for t, _ in steps], device=device)[:, None].expand(-1, cond_emb.shape[0])  # (S, B')

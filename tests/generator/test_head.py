@@ -104,7 +104,7 @@ def test_condition_skip_uses_the_condition_and_drops_with_it():
     with torch.no_grad():
         gen.denoiser.condition_skip_scale.normal_()
     dropped = torch.tensor([True])
-    rows = gen.denoiser.condition_rows(condition, dropped)
+    rows = gen.denoiser.condition_rows(condition, dropped, layout)
     assert rows.shape == (1, N, 3, DIM) and (rows == 0).all()
     with pytest.raises(ValueError, match="condition_skip=True needs per_token_condition"):
         DenoiserConfig(type="tokens", condition_skip=True)
