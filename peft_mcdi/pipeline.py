@@ -179,6 +179,14 @@ class FunctionalRecipe(DictConfigMixin):
             "omit_default": True,
         },
     )
+    denoiser: dict = field(
+        default_factory=dict,
+        metadata={
+            "help": "Overrides of the variant's DenoiserConfig for the functional generator, e.g. {'num_layers': 1} "
+            "for a lighter trunk where latency matters.",
+            "omit_default": True,
+        },
+    )
     meta_learning: str | None = field(
         default=None,
         metadata={
@@ -229,7 +237,7 @@ class FunctionalRecipe(DictConfigMixin):
                 prediction_type=self.prediction_type,
                 num_train_timesteps=self.num_train_timesteps or config.scheduler.num_train_timesteps,
             ),
-            denoiser=replace(config.denoiser, condition_normalization=self.condition_normalization),
+            denoiser=replace(config.denoiser, condition_normalization=self.condition_normalization, **self.denoiser),
             anchor=self.anchor,
         )
 
