@@ -422,25 +422,27 @@ def run_vision_benchmark(
         )
         ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
         log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))
-    # The Mc-Di generator of this run, with its card (what McDiHeadConfig.generator_name_or_path points at).
-    generator_dir = None
-    if "mcdi" in generators:
-        mcdi = generators["mcdi"].generator
-        sampling = f"mean of {config.num_samples}, guidance {config.guidance_scale}"
-        mcdi.config.metadata.update(
+    # The Mc-Di generators of this run (paper and functional), with their cards (what
+    # McDiHeadConfig.generator_name_or_path points at).
+    generator_dirs = {}
+    sampling = f"mean of {config.num_samples}, guidance {config.guidance_scale}"
+    for name in (n for n in MATCHED if n in generators):
+        generator = generators[name].generator
+        generator.config.metadata.update(
             base_model=suite.info.get("backbone"),
-            results={f"{k} accuracy ({sampling})": f"{v['accuracy']['mcdi']:.4f}" for k, v in settings.items()},
-            latency_ms=settings[first]["cost"]["mcdi"]["ms_per_episode_median"],
+            results={f"{k} accuracy ({sampling})": f"{v['accuracy'][name]:.4f}" for k, v in settings.items()},
+            latency_ms=settings[first]["cost"][name]["ms_per_episode_median"],
         )
-        generator_dir = run_dir / "mcdi_generator"
-        mcdi.save_pretrained(generator_dir)
+        generator_dirs[name] = str(run_dir / f"{name}_generator")
+        generator.save_pretrained(generator_dirs[name])
     pca = (
         sampling_picture(EpisodeBatch.stack(suite.tests[first]), generators["mcdi"], config)
         if "mcdi" in generators
         else None
     )
     result = {
-        "generator_dir": str(generator_dir) if generator_dir else None,
+        "generator_dir": generator_dirs.get("mcdi"),
+        "generator_dirs": generator_dirs,
         "pca": pca,
         "suite": suite.name,
         "seed": seed,

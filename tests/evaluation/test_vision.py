@@ -46,7 +46,7 @@ def test_every_method_on_the_same_episodes(tiny_run):
         cost = result["cost"]
         assert cost["mcdi"]["ms_per_episode_median"] > 0 and cost["mcdi"]["episodes_per_s_batched"] > 0
         assert cost["per_task_reference"]["steps"] == 2 * 5  # the zoo's recipe: M epochs × steps per epoch
-        assert "steps_to_match_mcdi" in cost["logistic_regression"]
+        assert {"steps_to_match_mcdi", "steps_to_match_mcdi_functional"} <= set(cost["logistic_regression"])
         # the anchor is the nearest-centroid rule at its fitted scale: the prototype baseline's answers exactly
         assert abs(result["accuracy"]["anchor"] - result["accuracy"]["prototype"]) < 1e-6
         paired = result["paired_difference"]["mcdi_functional - prototype"]
@@ -107,13 +107,18 @@ def test_report(tiny_run, tmp_path):
     assert all(p.stat().st_size > 1000 for p in paths)
 
 
-def test_the_run_saves_its_generator_with_a_head_card(tiny_run):
+def test_the_run_saves_its_generators_with_a_head_card(tiny_run):
     from peft_mcdi.generator.head import HeadGenerator
 
     _, run = tiny_run
-    card = (Path(run["generator_dir"]) / "README.md").read_text()
-    assert "McDiHeadModel" in card and "EfficientNet-Lite0" in card and "5w1s accuracy" in card
-    assert HeadGenerator.from_pretrained(run["generator_dir"]).feature_dim == 128
+    assert run["generator_dir"] == run["generator_dirs"]["mcdi"] and set(run["generator_dirs"]) == {
+        "mcdi", "mcdi_functional"}  # fmt: skip
+    for name, folder in run["generator_dirs"].items():
+        card = (Path(folder) / "README.md").read_text()
+        assert "McDiHeadModel" in card and "EfficientNet-Lite0" in card and "5w1s accuracy" in card
+        loaded = HeadGenerator.from_pretrained(folder)
+        assert loaded.feature_dim == 128 and loaded.generator.config.anchor == (
+            "prototype" if name == "mcdi_functional" else None)  # fmt: skip
 
 
 def test_domain_generalisation_folds_are_averaged_per_seed(tiny_run):
