@@ -6,7 +6,8 @@ glyph suites, on the same evaluation scripts rendered the other way (default ren
 distorted ones for the default suite): one generator, trained once on default renders of the background scripts,
 measured in distribution and under the rendering shift. α = 0 is the prototype rule, α = 1 the generator's head.
 
-    python benchmarks/studies/vision_residual_scale.py --run benchmarks/results/vision_functional/vision_fewshot-distorted.json
+    python benchmarks/studies/vision_residual_scale.py \
+        --run benchmarks/results/vision_functional/vision_fewshot-distorted.json
 
 Results: ``benchmarks/studies/results/vision_residual_scale.json`` (one entry per run, suite and seed).
 """
@@ -14,12 +15,13 @@ Results: ``benchmarks/studies/results/vision_residual_scale.json`` (one entry pe
 import argparse
 import json
 import sys
+from functools import partial
 from pathlib import Path
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from peft_mcdi.evaluation.vision import VisionBenchConfig  # noqa: E402
+from peft_mcdi.evaluation.vision import VisionBenchConfig, recorded_generator  # noqa: E402
 from peft_mcdi.generator.head import HeadGenerator  # noqa: E402
 from peft_mcdi.tasks.episodes import EpisodeBatch  # noqa: E402
 from peft_mcdi.tasks.vision_suites import build_suite, glyph_distortion  # noqa: E402
@@ -50,10 +52,7 @@ def main() -> None:
     args = parser.parse_args()
     results = json.loads(RESULT.read_text()) if RESULT.is_file() else {}
     for run in json.loads(Path(args.run).read_text())["runs"]:
-        folder = run.get("generator_dirs", {}).get(args.generator)
-        if folder is None or not Path(folder).is_dir():
-            print(f"{run['suite']} seed {run['seed']}: no saved {args.generator} generator here, skipped")
-            continue
+        generator = recorded_generator(run, args.generator).generator
         config = VisionBenchConfig(**run["bench_config"])
         suite_config = {k: v for k, v in run["suite_config"].items() if k != "name"}
         views = {"as run": suite_config}
@@ -61,8 +60,10 @@ def main() -> None:
             distorted = bool(suite_config.get("test_glyphs"))
             views["default renders" if distorted else "distorted renders"] = {
                 **suite_config, "test_glyphs": {} if distorted else glyph_distortion(1)}  # fmt: skip
-        sampling = {"mean of draws": config.head_generator, "one draw": lambda g: config.head_generator(g, True)}
-        generator = HeadGenerator.from_pretrained(folder).generator
+        sampling = {
+            "mean of draws": config.head_generator,
+            "one draw": partial(config.head_generator, single_sample=True),
+        }
         for view, kwargs in views.items():
             suite = build_suite(run["suite_config"]["name"], **kwargs)
             for setting, episodes in suite.tests.items():

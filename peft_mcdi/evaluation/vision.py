@@ -337,6 +337,35 @@ def sampling_picture(batch: EpisodeBatch, generator: HeadGenerator, config: Visi
     )  # fmt: skip
 
 
+def _run_dir(suite: VisionSuite, config: VisionBenchConfig) -> Path:
+    """Where one run's stages are cached: keyed by everything that determines them."""
+    return cache_root() / "runs" / f"{suite.name}-{stable_hash([suite.config, config.to_dict()])}"
+
+
+def recorded_generator(run: dict, name: str) -> HeadGenerator:
+    """The ``name`` generator of a recorded run (one entry of a results JSON's ``runs``), for studies of what it
+    learnt: its saved folder, or, for runs recorded before every variant's folder was saved, the variant rebuilt from
+    the run's stage caches (which must still be there: nothing is retrained here)."""
+    config = VisionBenchConfig(**run["bench_config"])
+    folder = run.get("generator_dirs", {}).get(name)
+    if folder and Path(folder).is_dir():
+        return config.head_generator(HeadGenerator.from_pretrained(folder).generator)
+    suite_kwargs = {k: v for k, v in run["suite_config"].items() if k != "name"}
+    suite = build_suite(run["suite_config"]["name"], **suite_kwargs)
+    run_dir = _run_dir(suite, config)
+    if not (run_dir / name / "curve.json").is_file():
+        raise FileNotFoundError(
+            f"run {run['suite']} seed {run['seed']}: no saved '{name}' generator and no stage cache at "
+            f"{run_dir / name}; rerun its `benchmarks/vision.py` command with MCDI_CACHE set as it was."
+        )
+    store = collect_zoo(suite, suite.config, config.recorder, progress=False)
+
+    def unmeasured(generator) -> float:
+        raise RuntimeError(f"run {run['suite']} seed {run['seed']}: '{name}' is not fully cached in {run_dir / name}")
+
+    return meta_train_variant(name, suite, store, config, run_dir, run["seed"], unmeasured, progress=False)[0]
+
+
 def run_vision_benchmark(
     suite_name: str, suite_kwargs: dict, config: VisionBenchConfig, seed: int, progress: bool = False, log=print
 ) -> dict:
@@ -350,7 +379,7 @@ def run_vision_benchmark(
     store = collect_zoo(suite, suite.config, config.recorder, progress)
     zoo_seconds = time.perf_counter() - start
     log(f"zoo: {len(suite.train)} trajectories ({zoo_seconds:.0f} s)")
-    run_dir = cache_root() / "runs" / f"{suite.name}-{stable_hash([suite.config, config.to_dict()])}"
+    run_dir = _run_dir(suite, config)
     if (run_dir / RESULT_NAME).is_file():  # this exact run was evaluated before: its result, not a re-evaluation
         log(f"{suite.name} seed {seed}: evaluated before, result read from {run_dir / RESULT_NAME}")
         return json.loads((run_dir / RESULT_NAME).read_text())

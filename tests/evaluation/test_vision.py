@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from peft_mcdi.evaluation.vision import VisionBenchConfig, run_vision_benchmark
 from peft_mcdi.evaluation.vision_report import markdown, summarize, write_pictures
@@ -130,3 +131,15 @@ def test_domain_generalisation_folds_are_averaged_per_seed(tiny_run):
     expected = (run["settings"]["5w1s"]["accuracy"]["mcdi"] + 1.0) / 2
     assert entry["seeds"] == 1 and abs(entry["accuracy"]["mcdi"]["mean"] - expected) < 1e-9
     assert not any("mean of" in key for key in summarize([run]))  # one fold alone: nothing to average
+
+
+def test_recorded_generator_from_the_folder_or_the_stage_caches(tiny_run):
+    from peft_mcdi.evaluation.vision import recorded_generator
+
+    _, run = tiny_run
+    saved = recorded_generator(run, "mcdi_functional").generator.state_dict()
+    legacy = {k: v for k, v in run.items() if k != "generator_dirs"}  # recorded before every folder was saved
+    rebuilt = recorded_generator(legacy, "mcdi_functional").generator.state_dict()
+    assert saved.keys() == rebuilt.keys() and all(torch.equal(saved[k], rebuilt[k]) for k in saved)
+    with pytest.raises(FileNotFoundError, match="no saved 'twdi_functional' generator and no stage cache"):
+        recorded_generator(legacy, "twdi_functional")
