@@ -10,21 +10,35 @@ The base model "told the task" is the benchmark's ``prompted_base`` row: for a s
 generator writes (MiniLM), the cosine rule — an input is a member when its embedding is closer to the description's
 than the median input's, so it splits whatever inputs it is given in two; for a causal LM, the description before
 the input in the generator's template.
+
+:class:`VisionDemo` is the vision tab: labelled images in (a file's class is its name up to the first ``_``), a head
+generated for them by a head generator that carries its backbone (:meth:`McDiHeadModel.from_generator`), and each
+new image's class from that head beside the nearest-centroid rule on the same features, the rule the generated
+heads are measured against.
 """
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 
 from peft_mcdi.auto import AutoMcDiModel
 from peft_mcdi.generator.condition import TextEncoder
+from peft_mcdi.shipped import example_episode
+from peft_mcdi.tasks.episodes import prototypes
+from peft_mcdi.tuners.head import McDiHeadModel
 
 
 DEFAULT_GENERATOR = "peft-mcdi/wordnet-minilm"
+DEFAULT_HEAD_GENERATOR = "peft-mcdi/glyphs-conv4"
 MAX_INPUTS = 64  # one page of answers; more is a batch job (examples/main_job.py), not a demo
+MAX_IMAGES = 200  # support + query images per request
 
 
 @dataclass
@@ -106,7 +120,80 @@ class TextDemo:
         return [text.strip().split("\n")[0] for text in new]
 
 
-def build_app(demo: TextDemo):
+@dataclass
+class VisionAnswers:
+    """One request's results: per query image, the generated head's class and the nearest-centroid rule's; the
+    adapt() times; how far the support set's prototypes are from those the generator was trained on."""
+
+    classes: list[str]
+    generated: list[str]
+    prototype: list[str]
+    backbone_ms: float
+    generator_ms: float
+    nearest_training_distance: float
+
+
+class VisionDemo:
+    """A head generator's model (:meth:`McDiHeadModel.from_generator`), adapted per request to labelled images."""
+
+    def __init__(self, generator: str = DEFAULT_HEAD_GENERATOR) -> None:
+        self.generator_name = generator
+        self.model = McDiHeadModel.from_generator(generator)
+        self.image_size = self.model.backbone.config.image_size
+
+    def load(self, paths: list[str | Path]) -> torch.Tensor:
+        """Image files → uint8 (n, 3, S, S) at the backbone's input size (the extractor reads RGB or gray alike)."""
+        from PIL import Image
+
+        size = (self.image_size, self.image_size)
+        arrays = [np.asarray(Image.open(p).convert("RGB").resize(size, Image.BILINEAR)) for p in paths]
+        return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+
+    @torch.no_grad()
+    def classify(self, support: list[str | Path], queries: list[str | Path]) -> VisionAnswers:
+        """Generate a head for the labelled ``support`` files (class = file name up to the first '_') and classify
+        the ``queries`` with it and with the nearest-centroid rule."""
+        names = [Path(p).name.split("_")[0] for p in support]
+        classes = list(dict.fromkeys(names))
+        if len(classes) < 2:
+            raise ValueError(
+                f"the support images name {len(classes)} class(es) {classes}: give at least two, each file named "
+                "'<class>_<anything>.png'."
+            )
+        if not queries:
+            raise ValueError("give at least one image to classify.")
+        if len(support) + len(queries) > MAX_IMAGES:
+            raise ValueError(f"at most {MAX_IMAGES} images per request, got {len(support) + len(queries)}.")
+        labels = torch.tensor([classes.index(n) for n in names])
+        info = self.model.adapt(self.load(support), labels, class_names=classes)
+        features = F.normalize(self.model.features(self.load(queries)), dim=-1)
+        generated = self.model.heads[info.adapter_name](features).argmax(-1)
+        centroids = prototypes(F.normalize(self.model.features(self.load(support)), dim=-1), labels, len(classes))
+        rule = torch.cdist(features, centroids).argmin(-1)
+        return VisionAnswers(classes, [classes[i] for i in generated.tolist()], [classes[i] for i in rule.tolist()],
+                             info.backbone_ms, info.generator_ms, info.nearest_training_distance)  # fmt: skip
+
+    def example_files(self, folder: str | Path, index: int = 0) -> tuple[list[Path], list[Path], list[str]]:
+        """The generator's shipped held-out episode ``index`` as PNG files in ``folder``: support files named by class
+        (letters), query files, and the queries' true classes."""
+        from PIL import Image
+
+        support_images, support_labels, query_images, query_labels = example_episode(self.generator_name, index)
+        folder = Path(folder)
+        letters = [chr(ord("a") + int(c)) for c in range(int(support_labels.max()) + 1)]
+
+        def write(images: torch.Tensor, stem) -> list[Path]:
+            paths = [folder / f"{stem(i)}.png" for i in range(len(images))]
+            for path, image in zip(paths, images):
+                Image.fromarray(image.numpy()).save(path)
+            return paths
+
+        support = write(support_images, lambda i: f"{letters[support_labels[i]]}_{i}")
+        queries = write(query_images, lambda i: f"query_{i:02d}")
+        return support, queries, [letters[int(c)] for c in query_labels]
+
+
+def build_app(demo: TextDemo, vision: VisionDemo | None = None):
     """The page: a description and inputs in, the two models' answers, the latency and the nearest training tasks
     out. Element ids (``description``, ``inputs``, ``submit``, ``answers``, ``latency``, ``nearest``) are stable for
     tests and scripts."""
@@ -156,4 +243,58 @@ def build_app(demo: TextDemo):
                 elem_id="nearest",
             )
         submit.click(respond, [description, inputs], [answers, latency, nearest])
+        if vision is not None:
+            vision_tab(vision)
     return app
+
+
+def vision_tab(vision: VisionDemo) -> None:
+    """Labelled images and new ones in; per new image the generated head's class beside the nearest-centroid rule's.
+    Element ids: ``support``, ``queries``, ``example``, ``classify``, ``classes``, ``vision-latency``."""
+    import gradio as gr
+
+    folder = Path(tempfile.mkdtemp(prefix="mcdi-demo-"))
+    truth: dict[str, str] = {}
+
+    def load_example():
+        support, queries, classes = vision.example_files(folder)
+        truth.clear()
+        truth.update({p.name: c for p, c in zip(queries, classes)})
+        return [str(p) for p in support], [str(p) for p in queries]
+
+    def respond(support, queries):
+        try:
+            result = vision.classify(support or [], queries or [])
+        except ValueError as err:
+            raise gr.Error(str(err)) from err
+        rows = [[Path(q).name, g, p, truth.get(Path(q).name, "")]
+                for q, g, p in zip(queries, result.generated, result.prototype)]  # fmt: skip
+        latency = (
+            f"adapt(): backbone {result.backbone_ms:.1f} ms + generator {result.generator_ms:.1f} ms for "
+            f"{len(result.classes)} classes, no gradient step; distance to the nearest training prototype "
+            f"{result.nearest_training_distance:.3f}"
+        )
+        return rows, latency
+
+    with gr.Tab("Vision"):
+        gr.Markdown(
+            f"`{vision.generator_name}` writes a linear classifier head for its backbone from a few labelled images. "
+            "Name each labelled file `<class>_<anything>.png`, add images to classify, or load a held-out example "
+            "episode shipped with the generator."
+        )
+        with gr.Row():
+            support = gr.File(label="Labelled images", file_count="multiple", file_types=["image"], elem_id="support")
+            queries = gr.File(label="Images to classify", file_count="multiple", file_types=["image"],
+                              elem_id="queries")  # fmt: skip
+        with gr.Row():
+            example = gr.Button("Load an example episode", elem_id="example")
+            classify = gr.Button("Generate the head and classify", variant="primary", elem_id="classify")
+        classes = gr.Dataframe(
+            headers=["image", "generated head", "nearest-centroid rule", "true class (example)"],
+            label="Classes",
+            interactive=False,
+            elem_id="classes",
+        )
+        latency = gr.Markdown(elem_id="vision-latency")
+        example.click(load_example, [], [support, queries])
+        classify.click(respond, [support, queries], [classes, latency])

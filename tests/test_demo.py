@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from peft_mcdi.demo import MAX_INPUTS, TextDemo, build_app
+from peft_mcdi.demo import MAX_INPUTS, TextDemo, VisionDemo, build_app
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,6 +48,27 @@ def test_bad_requests_are_refused_with_the_reason(demo, description, inputs, mat
         demo.answer(description, inputs)
 
 
+@pytest.fixture(scope="module")
+def vision():
+    return VisionDemo()  # the shipped Conv-4 glyph generator
+
+
+def test_the_vision_tab_classifies_files_like_the_generators_card(vision, tmp_path):
+    support, queries, truth = vision.example_files(tmp_path)
+    assert [p.name.split("_")[0] for p in support[::5]] == list("abcde")  # 5 shots per class, named by class
+    result = vision.classify(support, queries)
+    assert result.classes == list("abcde") and len(result.generated) == len(result.prototype) == len(queries)
+    accuracy = sum(g == t for g, t in zip(result.generated, truth)) / len(truth)
+    expected = vision.model.generator.generator.config.metadata["example_accuracy"][0]
+    assert abs(accuracy - expected) <= 1 / len(truth) + 1e-6  # the card's number, through PNG files
+    assert sum(p == t for p, t in zip(result.prototype, truth)) / len(truth) > 0.5  # the rule beside it works too
+    assert result.generator_ms > 0 and result.nearest_training_distance >= 0
+    with pytest.raises(ValueError, match="name 1 class"):
+        vision.classify([p for p in support if p.name.startswith("a_")], queries)
+    with pytest.raises(ValueError, match="at least one image to classify"):
+        vision.classify(support, [])
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -55,14 +76,14 @@ def free_port() -> int:
 
 
 @pytest.mark.timeout(300)
-def test_the_page_in_a_headless_browser(demo, tmp_path):
+def test_the_page_in_a_headless_browser(demo, vision, tmp_path):
     """Type a description and inputs, submit, and read the answers, the latency and the nearest tasks off the page
     (Debian's chromium and chromedriver, installed by scripts/setup.sh)."""
     from selenium import webdriver
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    app = build_app(demo)
+    app = build_app(demo, vision)
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
     options = webdriver.ChromeOptions()
@@ -90,6 +111,14 @@ def test_the_page_in_a_headless_browser(demo, tmp_path):
         assert "ms + generator" in driver.find_element(By.CSS_SELECTOR, "#latency").text
         assert expected.nearest[0][0] in driver.find_element(By.CSS_SELECTOR, "#nearest").text
         driver.save_screenshot(str(tmp_path / "demo.png"))
+
+        driver.find_element(By.XPATH, "//button[@role='tab' and contains(., 'Vision')]").click()
+        wait.until(lambda d: d.find_element(By.CSS_SELECTOR, "#example").is_displayed())
+        driver.find_element(By.CSS_SELECTOR, "#example").click()
+        wait.until(lambda d: "query_00" in d.find_element(By.CSS_SELECTOR, "#queries").text)
+        driver.find_element(By.CSS_SELECTOR, "#classify").click()
+        wait.until(lambda d: "query_00" in d.find_element(By.CSS_SELECTOR, "#classes").text)
+        assert "ms + generator" in driver.find_element(By.CSS_SELECTOR, "#vision-latency").text
         if os.environ.get("MCDI_WRITE_SCREENSHOT") == "1":
             SCREENSHOT.parent.mkdir(exist_ok=True)
             shutil.copyfile(tmp_path / "demo.png", SCREENSHOT)

@@ -5,6 +5,7 @@ generator a vision run saved and scores anchor + α·Δ for α in a grid, on the
 glyph suites, on the same evaluation scripts rendered the other way (default renders for the distorted suite,
 distorted ones for the default suite): one generator, trained once on default renders of the background scripts,
 measured in distribution and under the rendering shift. α = 0 is the prototype rule, α = 1 the generator's head.
+Beside it, the logit spread of the anchor and of the residual: how strongly each part of the head votes.
 
     python benchmarks/studies/vision_residual_scale.py \
         --run benchmarks/results/vision_functional/vision_fewshot-distorted.json
@@ -18,31 +19,38 @@ import sys
 from functools import partial
 from pathlib import Path
 
+import torch
+
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from peft_mcdi.evaluation.vision import VisionBenchConfig, recorded_generator  # noqa: E402
 from peft_mcdi.generator.head import HeadGenerator  # noqa: E402
-from peft_mcdi.tasks.episodes import EpisodeBatch  # noqa: E402
+from peft_mcdi.tasks.episodes import EpisodeBatch, head_logits  # noqa: E402
 from peft_mcdi.tasks.vision_suites import build_suite, glyph_distortion  # noqa: E402
 from peft_mcdi.utils import atomic_write_text  # noqa: E402
 
 
 RESULT = Path(__file__).with_name("results") / "vision_residual_scale.json"
-ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5)
+ALPHAS = (0.0, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 1.5)  # fine near 0: the residual's logits are far larger
 
 
-def scaled_accuracy(generator: HeadGenerator, batch: EpisodeBatch, alphas=ALPHAS) -> dict[str, float]:
+def logit_spread(head: dict[str, torch.Tensor], batch: EpisodeBatch) -> float:
+    """Mean over queries of the logits' standard deviation across classes: how strongly a head votes."""
+    return float(head_logits(head, batch.query_x).std(-1).mean())
+
+
+def scaled_accuracy(generator: HeadGenerator, batch: EpisodeBatch, alphas=ALPHAS) -> dict:
     """Accuracy of anchor + α·(generated − anchor) for each α, on every episode of ``batch`` (seeds as the
-    benchmark draws them)."""
-    heads = generator.generate_heads(batch.support_x, batch.support_y, batch.num_ways,
-                                     seed=list(range(len(batch.support_x))))  # fmt: skip
+    benchmark draws them), and the logit spread of the anchor and of the residual (their relative voice)."""
+    heads = generator.generate_episode_heads(batch)
     anchor = generator.generator.anchor(generator.last_condition)
-    out = {}
-    for alpha in alphas:
-        mixed = {k: anchor[k] + alpha * (heads[k] - anchor[k]) for k in heads}
-        out[f"{alpha:g}"] = float(batch.accuracy(mixed).mean())
-    return out
+    residual = {k: heads[k] - anchor[k] for k in heads}
+    accuracy = {
+        f"{a:g}": float(batch.accuracy({k: anchor[k] + a * residual[k] for k in heads}).mean()) for a in alphas
+    }
+    spread = {"anchor": logit_spread(anchor, batch), "residual": logit_spread(residual, batch)}
+    return {"accuracy": accuracy, "logit_spread": spread}
 
 
 def main() -> None:

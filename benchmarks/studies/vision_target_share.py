@@ -44,9 +44,7 @@ def main() -> None:
     batch = EpisodeBatch.stack(suite.tests["5w1s"])[: config.curve_episodes]
 
     def evaluate(generator) -> float:
-        heads = config.head_generator(generator).generate_heads(
-            batch.support_x, batch.support_y, batch.num_ways, seed=list(range(len(batch.support_x)))
-        )
+        heads = config.head_generator(generator).generate_episode_heads(batch)
         return float(batch.accuracy(heads).mean())
 
     curves = {}

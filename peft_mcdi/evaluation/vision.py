@@ -389,8 +389,7 @@ def run_vision_benchmark(
 
     def evaluate_curve(generator) -> float:
         gen = config.head_generator(generator)
-        heads = gen.generate_heads(curve_batch.support_x, curve_batch.support_y, curve_batch.num_ways,
-                                   seed=list(range(len(curve_batch.support_x))))  # fmt: skip
+        heads = gen.generate_episode_heads(curve_batch)
         return _mean(curve_batch.accuracy(heads))
 
     generators, training = {}, {}
@@ -451,8 +450,8 @@ def run_vision_benchmark(
         )
         ranked = sorted(settings[setting]["accuracy"].items(), key=lambda kv: -kv[1])
         log(f"{setting}: " + ", ".join(f"{k} {v:.4f}" for k, v in ranked))
-    # The Mc-Di generators of this run (paper and functional), with their cards (what
-    # McDiHeadConfig.generator_name_or_path points at).
+    # The Mc-Di generators of this run (paper and functional), with their cards and the suite's feature extractor
+    # (what McDiHeadConfig.generator_name_or_path and McDiHeadModel.from_generator point at).
     generator_dirs = {}
     sampling = f"mean of {config.num_samples}, guidance {config.guidance_scale}"
     for name in (n for n in MATCHED if n in generators):
@@ -464,6 +463,8 @@ def run_vision_benchmark(
         )
         generator_dirs[name] = str(run_dir / f"{name}_generator")
         generator.save_pretrained(generator_dirs[name])
+        if suite.feature_extractor is not None:  # McDiHeadModel.from_generator(folder) then takes raw images
+            suite.feature_extractor.save_pretrained(generator_dirs[name])
     pca = (
         sampling_picture(EpisodeBatch.stack(suite.tests[first]), generators["mcdi"], config)
         if "mcdi" in generators

@@ -19,34 +19,57 @@ def generator_card(generator, repo_id: str | None = None) -> str:
     ({metric: value}) and ``latency_ms``, whichever are present."""
     meta = generator.config.metadata
     sched = generator.scheduler.config
-    front = {"library_name": "peft_mcdi", "tags": TAGS, "license": meta.get("license", "apache-2.0")}
+    heads = generator.codec.row_tokens  # a head generator: class rows from the prototypes of a support set
+    tags = [*TAGS[:2], "image-classification", TAGS[-1]] if heads else TAGS
+    front = {"library_name": "peft_mcdi", "tags": tags, "license": meta.get("license", "apache-2.0")}
     if meta.get("base_model"):
         front["base_model"] = meta["base_model"]
     name = repo_id or meta.get("name", "path/to/generator")
     params = sum(p.numel() for p in generator.denoiser.parameters())
+    title = f"# Mc-Di {'head' if heads else 'weight'} generator"
     lines = [
         "---",
         yaml.safe_dump(front, sort_keys=False).strip(),
         "---",
         "",
-        f"# Mc-Di weight generator{' for ' + meta['base_model'] if meta.get('base_model') else ''}",
+        title + (f" for {meta['base_model']}" if meta.get("base_model") else ""),
         "",
-        "A conditional diffusion model that *generates* adapter weights for a new task from its description, with no "
-        "gradient step (Mc-Di: local consistency diffusion + Reptile, Guan et al., CVPR 2026).",
+        "A conditional diffusion model that *generates* "
+        + ("a linear classifier head for a frozen backbone from a labelled support set (one row per class, from its "
+           "prototype)" if heads else "adapter weights for a new task from its description")
+        + ", with no gradient step (Mc-Di: local consistency diffusion + Reptile, Guan et al., CVPR 2026).",
         "",
         "| | |",
         "|---|---|",
-        f"| base model | {meta.get('base_model', 'n/a')} |",
-        f"| target modules | {', '.join(meta['target_modules']) if meta.get('target_modules') else 'n/a'} |",
-        f"| LoRA rank | {meta.get('r', 'n/a')} |",
-        f"| generated parameters | {generator.codec.unit_dim:,} ({len(generator.codec.shapes)} tensors) |",
+        f"| {'backbone' if heads else 'base model'} | {meta.get('base_model', 'n/a')} |",
+    ]  # fmt: skip
+    if heads:
+        lines.append(f"| generated parameters | {generator.codec.unit_dim:,} per class (weight row and bias) |")
+    else:
+        lines += [
+            f"| target modules | {', '.join(meta['target_modules']) if meta.get('target_modules') else 'n/a'} |",
+            f"| LoRA rank | {meta.get('r', 'n/a')} |",
+            f"| generated parameters | {generator.codec.unit_dim:,} ({len(generator.codec.shapes)} tensors) |",
+        ]
+    lines += [
         f"| generator parameters | {params:,} ({generator.config.denoiser.type} denoiser) |",
         f"| training tasks | {meta.get('num_train_tasks', 'n/a')} ({meta.get('taskset', 'unknown kind')}) |",
-        f"| task encoder | {meta.get('task_encoder', 'n/a')} |",
+    ]
+    if not heads:
+        lines.append(f"| task encoder | {meta.get('task_encoder', 'n/a')} |")
+    lines += [
         f"| diffusion | T = {sched.num_train_timesteps}, k = {sched.num_segments} local targets, "
         f"{generator.config.loss_variant} loss, {sched.beta_schedule} β, {sched.prediction_type}-prediction |",
         f"| sampler | DDPM, {sched.num_train_timesteps} steps (DDIM with fewer steps available) |",
     ]
+    if meta.get("feature_extractor"):
+        fx = meta["feature_extractor"]
+        projection = (
+            f", projected on {fx['projection_dim']} source principal components" if fx["projection_dim"] else ""
+        )
+        lines.append(
+            f"| features | {fx['backbone']} at {fx['image_size']} px{projection} (saved with the generator) |"
+        )
     if meta.get("latency_ms") is not None:
         lines.append(f"| generation latency (median) | {meta['latency_ms']:.2f} ms |")
     for metric, value in (meta.get("results") or {}).items():
@@ -59,7 +82,9 @@ def generator_card(generator, repo_id: str | None = None) -> str:
     if meta.get("train_tasks"):
         lines += ["", "## Training tasks", "", f"<details><summary>{len(meta['train_tasks'])} tasks</summary>", ""]
         lines += [", ".join(meta["train_tasks"]), "", "</details>"]
-    if generator.codec.row_tokens:  # a head generator: conditioned on class prototypes of a frozen backbone
+    if generator.codec.row_tokens and meta.get("feature_extractor"):  # a head generator that carries its backbone
+        usage = head_model_usage(name, meta)
+    elif generator.codec.row_tokens:  # a head generator: conditioned on class prototypes of a frozen backbone
         usage = [
             "from peft_mcdi.tuners.head import McDiHeadConfig, McDiHeadModel",
             "",
@@ -81,6 +106,24 @@ def generator_card(generator, repo_id: str | None = None) -> str:
         ]
     lines += ["", "## Usage", "", "```python", *usage, "```", ""]
     return "\n".join(lines)
+
+
+def head_model_usage(name: str, meta: dict) -> list[str]:
+    """The card's snippet for a head generator saved with its feature extractor: raw images in; with the held-out
+    episode shipped beside it when there is one, so that the snippet runs as written (tests run it)."""
+    example = bool(meta.get("example_episode"))
+    lines = ["from peft_mcdi.shipped import example_episode"] if example else []
+    lines += ["from peft_mcdi.tuners.head import McDiHeadModel", ""]
+    if example:
+        lines.append(f'support_images, support_labels, query_images, query_labels = example_episode("{name}")')
+    lines += [
+        f'model = McDiHeadModel.from_generator("{name}")  # with the backbone it was trained on',
+        "model.adapt(support_images, support_labels)  # a linear head from raw images, no gradient step",
+        "predicted = model(query_images).argmax(-1)",
+    ]
+    if example:
+        lines.append('print(f"accuracy {(predicted == query_labels).float().mean():.3f}")')
+    return lines
 
 
 def auto_model_usage(name: str, meta: dict) -> list[str]:

@@ -14,8 +14,21 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from peft_mcdi.generator.anchor import PrototypeAnchor
 from peft_mcdi.generator.model import McDiGenerator
-from peft_mcdi.tasks.episodes import prototypes
+from peft_mcdi.tasks.episodes import EpisodeBatch, prototypes
+
+
+def nearest_other_distances(conditions: torch.Tensor) -> torch.Tensor:
+    """Each of (M, C) conditions' L2 distance to its nearest *other* one: how far training support sets lie apart."""
+    distances = torch.cdist(conditions.float(), conditions.float())
+    return distances.fill_diagonal_(float("inf")).min(1).values
+
+
+def prototype_rule(prototypes: torch.Tensor, anchor: PrototypeAnchor | None) -> dict[str, torch.Tensor]:
+    """The nearest-centroid head on (E, N, d) prototypes: the generator's anchor, or the rule at scale 1 for a
+    generator without one (the scale does not change its answers)."""
+    return anchor(prototypes) if anchor is not None else PrototypeAnchor().rule(prototypes, 1.0)
 
 
 class GeneratedHead(nn.Linear):
@@ -35,6 +48,11 @@ class HeadGenerator:
             larger training pool would give, so single samples scatter around it; their mean estimates E[head |
             support], which classifies better (measured in ``benchmarks/results/vision_*.md``). All samples of a
             batch go through the generator in one call.
+        fallback_quantile: write the prototype rule instead of the generated head for a support set farther from
+            every training support set (mean prototypes, ``nearest_training_distance``) than this quantile of the
+            training sets' own distances to their nearest other one: a generator should not extrapolate, and under
+            a shift of the features its heads fall 7–27 points below the rule while the distance flags nearly every
+            such episode (``benchmarks/studies/vision_ood_fallback.py``). None: never fall back.
     """
 
     def __init__(
@@ -44,9 +62,17 @@ class HeadGenerator:
         num_inference_steps: int | None = None,
         guidance_scale: float = 1.0,
         num_samples: int = 1,
+        fallback_quantile: float | None = None,
     ) -> None:
         if not isinstance(num_samples, int) or num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {num_samples!r}.")
+        if fallback_quantile is not None and not 0 < fallback_quantile <= 1:
+            raise ValueError(f"fallback_quantile must be None or in (0, 1], got {fallback_quantile!r}.")
+        if fallback_quantile is not None and generator.train_conditions.shape[0] < 2:
+            raise ValueError(
+                "fallback_quantile needs the training conditions the generator recorded (at least 2), it has "
+                f"{generator.train_conditions.shape[0]}: this generator cannot tell how far a support set is."
+            )
         if not generator.codec.row_tokens or set(generator.codec.shapes) != {"weight", "bias"}:
             raise ValueError(
                 "HeadGenerator needs a generator trained on classifier heads: a rows-layout codec with tensors "
@@ -59,15 +85,21 @@ class HeadGenerator:
             "guidance_scale": guidance_scale,
         }
         self.num_samples = num_samples
+        self.fallback_threshold = (
+            None
+            if fallback_quantile is None
+            else float(nearest_other_distances(generator.train_conditions).quantile(fallback_quantile))
+        )
         self.last_generation_ms: float | None = None
         self.last_condition: torch.Tensor | None = None  # the prototypes of the last call, (E, N, d)
+        self.last_fallback: torch.Tensor | None = None  # which support sets of the last call got the rule, (E,)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, **kwargs) -> HeadGenerator:
         """Load the generator folder (or Hub repo: ``revision``, ``cache_dir``, ``token``, ``local_files_only``,
         ``device`` go to ``McDiGenerator.from_pretrained``; ``sampler``, ``num_inference_steps``,
         ``guidance_scale`` and ``num_samples`` to this class)."""
-        sample_keys = ("sampler", "num_inference_steps", "guidance_scale", "num_samples")
+        sample_keys = ("sampler", "num_inference_steps", "guidance_scale", "num_samples", "fallback_quantile")
         sample_kwargs = {k: kwargs.pop(k) for k in sample_keys if k in kwargs}
         return cls(McDiGenerator.from_pretrained(name_or_path, **kwargs), **sample_kwargs)
 
@@ -111,9 +143,20 @@ class HeadGenerator:
         draws = [s * n + j for s in seeds for j in range(n)]  # episode-major: (E·n,)
         heads = self.generator.generate(condition.repeat_interleave(n, 0), seed=draws, **self.sample_kwargs)
         heads = {k: v.unflatten(0, (E, n)).mean(1) for k, v in heads.items()}
+        self.last_fallback = torch.zeros(E, dtype=torch.bool)
+        if self.fallback_threshold is not None:
+            self.last_fallback = self.generator.nearest_training_distance(condition).cpu() > self.fallback_threshold
+            rule = prototype_rule(condition, self.generator.anchor)
+            far = self.last_fallback.to(condition.device)
+            heads = {k: torch.where(far.view(-1, *[1] * (v.dim() - 1)), rule[k], v) for k, v in heads.items()}
         self.last_condition = condition
         self.last_generation_ms = (time.perf_counter() - start) * 1e3
         return heads
+
+    def generate_episode_heads(self, batch: EpisodeBatch) -> dict[str, torch.Tensor]:
+        """Heads for every episode of ``batch``, episode i drawn with seed i: the vision benchmark's seeding, so that
+        studies and scripts score the heads it scored."""
+        return self.generate_heads(batch.support_x, batch.support_y, batch.num_ways, list(range(len(batch.support_x))))
 
     def generate_head(
         self, support_x: torch.Tensor, support_y: torch.Tensor, num_ways: int | None = None, seed: int = 0

@@ -147,6 +147,38 @@ def local_generator_folder(name_or_path: str | os.PathLike, revision: str | None
     return shipped_generator_folder(name_or_path) if revision is None else None
 
 
+def generator_folder(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool = False,
+) -> Path:
+    """The folder a generator name resolves to: a local folder, a shipped generator's package folder, or the Hub
+    snapshot of the repo (its generator files, card and the feature extractor a head generator may carry)."""
+    folder = local_generator_folder(name_or_path, revision)
+    if folder is not None and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file; a generator is a folder ({CONFIG_NAME}, {WEIGHTS_NAME}, …).")
+    if folder is not None:
+        return folder
+    check_local_or_hub(name_or_path, "generator")
+    from huggingface_hub import snapshot_download
+
+    patterns = [CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, "*.md", "feature_extractor.*", "examples.*"]
+    try:
+        return Path(
+            snapshot_download(
+                str(name_or_path), revision=revision, cache_dir=cache_dir, token=token,
+                local_files_only=local_files_only, allow_patterns=patterns,
+            )
+        )  # fmt: skip
+    except Exception as err:  # network, missing repo, bad revision: say both places were looked at
+        raise FileNotFoundError(
+            f"no generator folder at {str(name_or_path)!r}, and the Hub lookup of it failed "
+            f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
+        ) from err
+
+
 class McDiGenerator(AnchoredDecoding, nn.Module):
     """A meta-trained weight generator. ``generate(condition)`` returns a parameter dict; no gradient involved."""
 
@@ -318,31 +350,7 @@ class McDiGenerator(AnchoredDecoding, nn.Module):
     ) -> McDiGenerator:
         """Load from a local folder, a shipped generator's id (:mod:`peft_mcdi.shipped`) or a Hub repo id (usual
         Hub arguments). Weights stored in half precision load as float32."""
-        folder = local_generator_folder(pretrained_model_name_or_path, revision)
-        if folder is not None and not folder.is_dir():
-            raise NotADirectoryError(
-                f"{folder} is a file; a generator is a folder ({CONFIG_NAME}, {WEIGHTS_NAME}, …)."
-            )
-        if folder is None:
-            check_local_or_hub(pretrained_model_name_or_path, "generator")
-            from huggingface_hub import snapshot_download
-
-            try:
-                folder = Path(
-                    snapshot_download(
-                        str(pretrained_model_name_or_path),
-                        revision=revision,
-                        cache_dir=cache_dir,
-                        token=token,
-                        local_files_only=local_files_only,
-                        allow_patterns=[CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME, "*.md"],
-                    )
-                )
-            except Exception as err:  # network, missing repo, bad revision: say both places were looked at
-                raise FileNotFoundError(
-                    f"no generator folder at {str(pretrained_model_name_or_path)!r}, and the Hub lookup of it failed "
-                    f"({type(err).__name__}: {' '.join(str(err).split())[:200]})"
-                ) from err
+        folder = generator_folder(pretrained_model_name_or_path, revision, cache_dir, token, local_files_only)
         for name in (CONFIG_NAME, SCHEDULER_CONFIG_NAME, WEIGHTS_NAME):
             if not (folder / name).is_file():
                 raise FileNotFoundError(f"{folder} is not a McDiGenerator folder: {name} is missing.")

@@ -204,14 +204,9 @@ def load_efficientnet_lite0(weights_path: str | None = None) -> EfficientNetLite
     return model
 
 
-def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Turn a batch of images into normalised (B, 3, size, size) float32 network input.
-
-    Accepts float images in [0, 1] shaped (B, C, H, W) with C in {1, 3}, or uint8 images shaped (B, H, W) or
-    (B, C, H, W) (scaled by 1/255). Grayscale is repeated to three channels because the network's stem expects RGB
-    and a gray pixel is simply R = G = B. Resizing is bilinear with antialiasing so that downsizing large photos does
-    not alias; upsizing small ones (e.g. 28 px digits to 64 px) is plain bilinear interpolation.
-    """
+def unit_images(images: torch.Tensor) -> torch.Tensor:
+    """Float (B, C, H, W) images in [0, 1], C in {1, 3}, from float images in [0, 1] shaped (B, C, H, W) or uint8
+    images shaped (B, H, W) or (B, C, H, W) (scaled by 1/255); anything else is an error that names what it got."""
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
     if images.dtype == torch.uint8:
@@ -226,9 +221,19 @@ def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
         )
     if images.shape[1] not in (1, 3):
         raise ValueError(f"images must have 1 or 3 channels in dim 1, got shape {tuple(images.shape)}")
+    return images.float()
+
+
+def preprocess(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Turn a batch of images into normalised (B, 3, size, size) float32 network input.
+
+    Accepts what :func:`unit_images` accepts. Grayscale is repeated to three channels because the network's stem
+    expects RGB and a gray pixel is simply R = G = B. Resizing is bilinear with antialiasing so that downsizing large
+    photos does not alias; upsizing small ones (e.g. 28 px digits to 64 px) is plain bilinear interpolation.
+    """
+    images = unit_images(images)
     if size < 1:
         raise ValueError(f"size must be positive, got {size}")
-    images = images.float()
     if images.shape[1] == 1:
         images = images.expand(-1, 3, -1, -1)
     if images.shape[-2:] != (size, size):

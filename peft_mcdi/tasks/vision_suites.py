@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from peft_mcdi.models.conv4 import Conv4TrainConfig, conv4_features, images_fingerprint, pretrained_conv4
+from peft_mcdi.models.feature_extractor import FeatureExtractor, FeatureExtractorConfig
 from peft_mcdi.tasks.base import TaskSet, TaskSets, register_tasksets
 from peft_mcdi.tasks.episodes import EpisodeConfig, FeatureSet, HeadTask, sample_episodes
 from peft_mcdi.utils import DictConfigMixin, atomic_write, cache_root, stable_hash
@@ -118,6 +119,8 @@ class VisionSuite:
     feature_dim: int
     info: dict = field(default_factory=dict)
     config: dict = field(default_factory=dict)  # the full suite config (set by build_suite)
+    # images → the features of every episode (backbone, input size, projection), saved beside the suite's generators
+    feature_extractor: FeatureExtractor | None = None
 
     def tasksets(self, setting: str) -> TaskSets:
         if setting not in self.tests:
@@ -203,7 +206,8 @@ def build_fewshot_suite(config: FewShotSuiteConfig, progress: bool = False) -> V
     tests = _test_episodes(config, FEWSHOT_SETTINGS, features, test_classes, "test")
     info = {"train_classes": train_classes, "test_classes": test_classes, "glyph_classes": glyphs.classes,
             "backbone": "Conv-4 trained on the background glyph scripts"}  # fmt: skip
-    return VisionSuite("glyphs-fewshot", train, tests, features.dim, info)
+    extractor = FeatureExtractor(FeatureExtractorConfig("conv4", images.shape[-1], conv4.feature_dim), conv4)
+    return VisionSuite("glyphs-fewshot", train, tests, features.dim, info, feature_extractor=extractor)
 
 
 # ------------------------------------------------------------------------------------------------- transfer
@@ -245,7 +249,7 @@ def build_transfer_suite(config: TransferSuiteConfig, progress: bool = False) ->
     project = _projection(torch.cat([f for f, _ in raw.values()]), config.feature_pca)  # sources only
 
     def feature_set(name: str, features: torch.Tensor, labels: np.ndarray) -> FeatureSet:
-        return FeatureSet(name, project(features), torch.from_numpy(labels))
+        return FeatureSet(name, _projected(features, project), torch.from_numpy(labels))
 
     sources = {name: feature_set(name, *value) for name, value in raw.items()}
     n_glyph = round(config.num_train_tasks * config.glyph_episode_fraction)
@@ -266,7 +270,8 @@ def build_transfer_suite(config: TransferSuiteConfig, progress: bool = False) ->
             tests[f"{name}-{setting}"] = episodes
     info = {"train_sources": ["glyphs", "animal-silhouettes"], "test_targets": ["fashion-mnist", "digits"],
             "backbone": f"EfficientNet-Lite0 (ImageNet) at {config.image_size} px"}  # fmt: skip
-    return VisionSuite("vision-transfer", train, tests, sources["glyphs"].dim, info)
+    extractor = efficientnet_extractor(config.image_size, project)
+    return VisionSuite("vision-transfer", train, tests, sources["glyphs"].dim, info, feature_extractor=extractor)
 
 
 # ------------------------------------------------------------------------------------------ domain generalisation
@@ -302,8 +307,22 @@ def domain_transform(name: str, images: np.ndarray, rng: np.random.Generator) ->
     raise ValueError(f"unknown domain {name!r}; domains are {DG_DOMAINS}.")
 
 
-def _projection(source_features: torch.Tensor, num_components: int):
-    return SourcePCA(source_features, num_components) if num_components else (lambda features: features)
+def _projection(source_features: torch.Tensor, num_components: int) -> SourcePCA | None:
+    return SourcePCA(source_features, num_components) if num_components else None
+
+
+def _projected(features: torch.Tensor, projection: SourcePCA | None) -> torch.Tensor:
+    return projection(features) if projection is not None else features
+
+
+def efficientnet_extractor(image_size: int, projection: SourcePCA | None) -> FeatureExtractor:
+    """EfficientNet-Lite0 at ``image_size`` px, then the suite's source PCA if it has one."""
+    from peft_mcdi.models.efficientnet_lite import load_efficientnet_lite0
+
+    width = projection.basis.shape[1] if projection is not None else 0
+    config = FeatureExtractorConfig("efficientnet_lite0", image_size, projection_dim=width)
+    pca = (projection.mean, projection.basis) if projection is not None else None
+    return FeatureExtractor(config, load_efficientnet_lite0(), pca)
 
 
 def build_dg_suite(config: DGSuiteConfig, progress: bool = False) -> VisionSuite:
@@ -323,9 +342,8 @@ def build_dg_suite(config: DGSuiteConfig, progress: bool = False) -> VisionSuite
     held = DG_DOMAINS.index(config.heldout_domain)
     sources = [d for d in range(len(DG_DOMAINS)) if d != held]
     project = _projection(raw[torch.from_numpy(domains != held)], config.feature_pca)  # source domains only
-    features = FeatureSet(
-        "fashion-domains", project(raw), torch.from_numpy(np.concatenate(labels)), torch.from_numpy(domains)
-    )
+    labels = torch.from_numpy(np.concatenate(labels))
+    features = FeatureSet("fashion-domains", _projected(raw, project), labels, torch.from_numpy(domains))
     classes = list(range(10))
     train = []
     for i, d in enumerate(sources):
@@ -335,7 +353,10 @@ def build_dg_suite(config: DGSuiteConfig, progress: bool = False) -> VisionSuite
     tests = _test_episodes(config, TRANSFER_SETTINGS, features, classes, f"test-{config.heldout_domain}", domain=held)
     info = {"source_domains": [DG_DOMAINS[d] for d in sources], "heldout_domain": config.heldout_domain,
             "backbone": f"EfficientNet-Lite0 (ImageNet) at {config.image_size} px"}  # fmt: skip
-    return VisionSuite(f"vision-dg-{config.heldout_domain}", train, tests, features.dim, info)
+    extractor = efficientnet_extractor(config.image_size, project)
+    return VisionSuite(
+        f"vision-dg-{config.heldout_domain}", train, tests, features.dim, info, feature_extractor=extractor
+    )
 
 
 SUITES = {

@@ -110,6 +110,7 @@ def test_report(tiny_run, tmp_path):
 
 def test_the_run_saves_its_generators_with_a_head_card(tiny_run):
     from peft_mcdi.generator.head import HeadGenerator
+    from peft_mcdi.tuners.head import McDiHeadModel
 
     _, run = tiny_run
     assert run["generator_dir"] == run["generator_dirs"]["mcdi"] and set(run["generator_dirs"]) == {
@@ -120,6 +121,8 @@ def test_the_run_saves_its_generators_with_a_head_card(tiny_run):
         loaded = HeadGenerator.from_pretrained(folder)
         assert loaded.feature_dim == 128 and loaded.generator.config.anchor == (
             "prototype" if name == "mcdi_functional" else None)  # fmt: skip
+        extractor = McDiHeadModel.from_generator(folder).backbone  # the suite's, saved beside it: images in
+        assert extractor.config.backbone == "efficientnet_lite0" and extractor.feature_dim == 128
 
 
 def test_domain_generalisation_folds_are_averaged_per_seed(tiny_run):

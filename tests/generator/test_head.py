@@ -118,3 +118,26 @@ def test_averaging_samples_is_the_mean_of_single_draws():
     torch.testing.assert_close(mean["weight"][0], torch.stack([d["weight"][0] for d in draws]).mean(0))
     with pytest.raises(ValueError, match="num_samples must be an int >= 1"):
         HeadGenerator(gen.generator, num_samples=0)
+
+
+def test_support_sets_far_from_every_training_set_get_the_prototype_rule():
+    from peft_mcdi.generator.head import HeadGenerator, nearest_other_distances, prototype_rule
+
+    generator = head_generator().generator
+    near_x, near_y = support(3, 2, seed=1)
+    training = torch.stack([HeadGenerator(generator).conditions(*support(3, 2, seed=s))[0] for s in range(1, 9)])
+    generator.set_training_conditions(training)  # (8, 3, DIM): support set 1 is among them
+    gen = HeadGenerator(generator, fallback_quantile=0.5)
+    assert gen.fallback_threshold == pytest.approx(float(nearest_other_distances(generator.train_conditions).median()))
+    far_x = near_x + 5.0  # the same classes, shifted far from every training prototype
+    x, y = torch.stack([near_x, far_x]), torch.stack([near_y, near_y])
+    heads = gen.generate_heads(x, y, seed=[0, 1])
+    assert gen.last_fallback.tolist() == [False, True]
+    rule = prototype_rule(gen.last_condition, None)
+    torch.testing.assert_close(heads["weight"][1], rule["weight"][1])  # the rule exactly where it fell back
+    alone = HeadGenerator(generator).generate_heads(x, y, seed=[0, 1])
+    torch.testing.assert_close(heads["weight"][0], alone["weight"][0])  # the generated head elsewhere
+    with pytest.raises(ValueError, match="fallback_quantile must be None or in"):
+        HeadGenerator(generator, fallback_quantile=1.5)
+    with pytest.raises(ValueError, match="needs the training conditions the generator recorded"):
+        HeadGenerator(head_generator().generator, fallback_quantile=0.9)

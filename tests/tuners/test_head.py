@@ -81,3 +81,24 @@ def test_errors_name_the_problem(model, tmp_path):
         McDiHeadConfig(sampler="euler")
     with pytest.raises(FileNotFoundError, match="head_config.json is missing"):
         McDiHeadModel.from_pretrained(Backbone(), tmp_path)
+
+
+def test_from_generator_builds_the_backbone_saved_with_the_generator(tmp_path):
+    from peft_mcdi.models.feature_extractor import FeatureExtractor, FeatureExtractorConfig
+    from tests.models.test_feature_extractor import conv4, glyph_images
+
+    generator = head_generator().generator
+    generator.set_training_conditions(torch.randn(6, 3, DIM))  # what training records; the fallback reads it
+    generator.save_pretrained(tmp_path)
+    with pytest.raises(FileNotFoundError, match="does not say which backbone it was trained on"):
+        McDiHeadModel.from_generator(tmp_path)
+    FeatureExtractor(FeatureExtractorConfig("conv4", 28, channels=DIM), conv4(DIM)).save_pretrained(tmp_path)
+    model = McDiHeadModel.from_generator(tmp_path, seed=3)
+    assert model.config.generator_name_or_path == str(tmp_path) and model.config.seed == 3
+    support = torch.from_numpy(glyph_images(6))  # raw uint8 images in: the extractor does the rest
+    model.adapt(support, torch.tensor([0, 0, 1, 1, 2, 2]))
+    assert model(support).shape == (6, 3)
+
+    FeatureExtractor(FeatureExtractorConfig("conv4", 28, channels=DIM + 1), conv4(DIM + 1)).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match=f"heads on {DIM} features but its feature extractor \\(conv4\\) gives 9"):
+        McDiHeadModel.from_generator(tmp_path)

@@ -10,6 +10,7 @@ from peft_mcdi.utils import DictConfigMixin
 
 
 CONFIG_NAME = "head_config.json"
+FALLBACK_QUANTILE = 0.99  # a conventional tail; benchmarks/studies/vision_ood_fallback.py scores 0.9 to 1
 
 
 @dataclass
@@ -37,6 +38,14 @@ class McDiHeadConfig(DictConfigMixin):
         default=8, metadata={"help": "Heads drawn per support set and averaged (an estimate of E[head | support])."}
     )
     seed: int = field(default=0, metadata={"help": "Seed of the generation noise (same seed, same head)."})
+    fallback_quantile: float | None = field(
+        default=FALLBACK_QUANTILE,
+        metadata={
+            "help": "Write the nearest-centroid rule instead of the generated head when the support set is farther "
+            "from the generator's training sets than this quantile of their own nearest-neighbour distances "
+            "(HeadGenerator.fallback_quantile; None: always the generated head)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if self.sampler not in SAMPLERS:
@@ -45,5 +54,7 @@ class McDiHeadConfig(DictConfigMixin):
             raise ValueError(f"num_sampling_steps must be None or >= 1, got {self.num_sampling_steps}.")
         if not isinstance(self.num_samples, int) or self.num_samples < 1:
             raise ValueError(f"num_samples must be an int >= 1, got {self.num_samples!r}.")
+        if self.fallback_quantile is not None and not 0 < self.fallback_quantile <= 1:
+            raise ValueError(f"fallback_quantile must be None or in (0, 1], got {self.fallback_quantile!r}.")
         if not isinstance(self.feature_method, str) or not self.feature_method:
             raise ValueError(f"feature_method must name a backbone method, got {self.feature_method!r}.")

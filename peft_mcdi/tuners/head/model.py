@@ -38,6 +38,7 @@ class HeadAdaptInfo:
     generator_ms: float
     nearest_training_distance: float
     refine_ms: float = 0.0
+    fell_back: bool = False  # the support set was too far from the training ones: the head is the prototype rule
 
 
 def refine_head(head: GeneratedHead, features: torch.Tensor, labels: torch.Tensor, steps: int, lr: float) -> None:
@@ -88,6 +89,7 @@ class McDiHeadModel(nn.Module):
                 num_inference_steps=self.config.num_sampling_steps,
                 guidance_scale=self.config.guidance_scale,
                 num_samples=self.config.num_samples,
+                fallback_quantile=self.config.fallback_quantile,
             )
         return self._generator
 
@@ -141,7 +143,10 @@ class McDiHeadModel(nn.Module):
         self.heads[adapter_name] = head
         self.class_names[adapter_name] = class_names
         self.active_adapter = adapter_name
-        return HeadAdaptInfo(adapter_name, num_classes, backbone_ms, gen.last_generation_ms, distance, refine_ms)
+        fell_back = bool(gen.last_fallback[0])
+        return HeadAdaptInfo(
+            adapter_name, num_classes, backbone_ms, gen.last_generation_ms, distance, refine_ms, fell_back
+        )
 
     def set_adapter(self, adapter_name: str) -> None:
         if adapter_name not in self.heads:
@@ -172,6 +177,26 @@ class McDiHeadModel(nn.Module):
         }
         atomic_write_text(folder / CONFIG_NAME, json.dumps(meta, indent=2))
         atomic_write_text(folder / "README.md", self._card())
+
+    @classmethod
+    def from_generator(cls, generator_name_or_path: str | os.PathLike, **config_kwargs) -> McDiHeadModel:
+        """A ready model from a head generator that carries its feature extractor (the shipped ones, e.g.
+        ``"peft-mcdi/glyphs-conv4"``, and those ``benchmarks/vision.py`` saves): the backbone, input size and
+        projection it was trained on are built from the generator's folder, so ``adapt(images, labels)`` takes raw
+        images. ``config_kwargs`` go to :class:`McDiHeadConfig` (sampling options, ``generator_revision``)."""
+        from peft_mcdi.generator.model import generator_folder
+        from peft_mcdi.models.feature_extractor import FeatureExtractor
+
+        config = McDiHeadConfig(generator_name_or_path=str(generator_name_or_path), **config_kwargs)
+        folder = generator_folder(generator_name_or_path, config.generator_revision)
+        extractor = FeatureExtractor.from_pretrained(folder)
+        model = cls(extractor, config)
+        if model.generator.feature_dim != extractor.feature_dim:
+            raise ValueError(
+                f"{generator_name_or_path}: the generator writes heads on {model.generator.feature_dim} features but "
+                f"its feature extractor ({extractor.config.backbone}) gives {extractor.feature_dim}."
+            )
+        return model
 
     @classmethod
     def from_pretrained(cls, backbone: nn.Module, save_directory: str | os.PathLike, generator=None) -> McDiHeadModel:
