@@ -31,7 +31,6 @@ import torch.nn.functional as F
 from peft_mcdi.auto import AutoMcDiModel
 from peft_mcdi.generator.condition import TextEncoder
 from peft_mcdi.shipped import example_episode
-from peft_mcdi.tasks.episodes import prototypes
 from peft_mcdi.tuners.head import McDiHeadModel
 
 
@@ -168,7 +167,7 @@ class VisionDemo:
         info = self.model.adapt(self.load(support), labels, class_names=classes)
         features = F.normalize(self.model.features(self.load(queries)), dim=-1)
         generated = self.model.heads[info.adapter_name](features).argmax(-1)
-        centroids = prototypes(F.normalize(self.model.features(self.load(support)), dim=-1), labels, len(classes))
+        centroids = self.model.generator.last_condition[0]  # the support set's prototypes, as adapt() computed them
         rule = torch.cdist(features, centroids).argmin(-1)
         return VisionAnswers(classes, [classes[i] for i in generated.tolist()], [classes[i] for i in rule.tolist()],
                              info.backbone_ms, info.generator_ms, info.nearest_training_distance)  # fmt: skip
