@@ -5,6 +5,7 @@ memorisation checks, on the same held-out WordNet categories (issue 5).
     python benchmarks/llm.py --base minilm --seeds 0 1 2      # 300 training + 40 held-out categories, MiniLM-L6
     python benchmarks/llm.py --base minilm --seeds 1 --workers 2   # one seed, its stages in two processes
     python benchmarks/llm.py --base smollm2 --seeds 0 1 2     # 48 + 12 word-form tasks written by SmolLM2-135M
+    python benchmarks/llm.py --base smollm2 --device cuda     # base model passes and generator training on a GPU
     python benchmarks/llm.py --base minilm --quick            # minutes: a small zoo and short budgets
     python benchmarks/llm.py --base minilm --report           # redraw the .md and .png from the JSON
 
@@ -17,6 +18,7 @@ add up to a three-seed table (the caches need not travel).
 
 import argparse
 import json
+import os
 import shlex
 import sys
 import time
@@ -86,11 +88,23 @@ def main() -> None:
         help="one-thread processes that fill a seed's stages side by side (zoo shards, variants, baselines) before "
         "the record is assembled; 2 on a 2-core machine",
     )
+    parser.add_argument(
+        "--device",
+        help="where base models run and generators train, e.g. cuda (sets $MCDI_DEVICE; default: it, else the CPU); "
+        "no cache key depends on it",
+    )
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--report", action="store_true", help="only redraw the .md and .png from the results JSON")
     args = parser.parse_args()
     if args.workers < 1:
         parser.error(f"--workers must be >= 1, got {args.workers}")
+    if args.device:
+        if args.workers > 1 and args.device != "cpu":
+            parser.error(
+                "--workers forks CPU processes, which cannot use an accelerator the parent opened; with "
+                f"--device {args.device}, run seeds as separate processes sharing $MCDI_CACHE instead"
+            )
+        os.environ["MCDI_DEVICE"] = args.device
     stem = Path(args.out_dir) / f"llm_{args.base}{'_quick' if args.quick else ''}"
     if args.report:
         record = json.loads(stem.with_suffix(".json").read_text())

@@ -412,9 +412,17 @@ def build_generator(config: PipelineConfig, store: ZooStore, tasksets) -> tuple[
     return generator, data
 
 
-def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accelerator=None, tasksets=None) -> dict:
+def run_pipeline(
+    config: PipelineConfig,
+    progress: bool = True,
+    log=print,
+    accelerator=None,
+    tasksets=None,
+    device: str | torch.device | None = None,
+) -> dict:
     """Run every stage (each resumes from its cache) and return the results dictionary. ``tasksets``: the split of
     ``config``'s task family when the caller has already built it (variants sharing a zoo build it once).
+    ``device``: where the generator trains without an accelerator (default: the CPU); the zoo stays on the CPU.
 
     With an ``accelerate.Accelerator``, collection is sharded over its processes and each Reptile meta-batch is
     spread over them (one all-reduce per outer step, the same numbers as one process); the one-pass baseline, the
@@ -434,6 +442,8 @@ def run_pipeline(config: PipelineConfig, progress: bool = True, log=print, accel
     store, by_process = prepare_zoo(config, tasksets, accelerator, progress, log)
     root, _ = zoo_folder(config)
     generator, data = build_generator(config, store, tasksets)
+    if device is not None and accelerator is None:
+        generator.to(device)
 
     output_dir = Path(config.output_dir) if config.output_dir else None
     trainer = MetaTrainer(

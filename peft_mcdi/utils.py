@@ -10,6 +10,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
+import torch
+
 
 def atomic_write(path: str | os.PathLike, write: Callable[[str], None]) -> None:
     """Write through ``write(tmp_path)`` to a temporary file beside ``path``, fsync, then rename over ``path``.
@@ -87,6 +89,12 @@ def cache_root() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "peft_mcdi"
+
+
+def compute_device() -> torch.device:
+    """Where the benchmarks run base models and train generators: ``$MCDI_DEVICE`` (e.g. ``cuda``), else the CPU.
+    An execution setting, like the thread count: it is in no configuration, so no cache key depends on it."""
+    return torch.device(os.environ.get("MCDI_DEVICE") or "cpu")
 
 
 class DictConfigMixin:

@@ -42,7 +42,15 @@ from peft_mcdi.pipeline import (
     zoo_tasks,
 )
 from peft_mcdi.tasks.text_lora import CausalTemplateModel, build_peft_model
-from peft_mcdi.utils import DictConfigMixin, atomic_write, atomic_write_text, cache_root, merged, stable_hash
+from peft_mcdi.utils import (
+    DictConfigMixin,
+    atomic_write,
+    atomic_write_text,
+    cache_root,
+    compute_device,
+    merged,
+    stable_hash,
+)
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
 
@@ -160,7 +168,11 @@ class LLMBenchConfig(DictConfigMixin):
     )
     variants: list[str] = field(
         default_factory=lambda: list(GENERATOR_VARIANTS),
-        metadata={"help": f"Generator variants side by side, from {sorted(VARIANTS)}; 'mcdi' is required."},
+        metadata={
+            "help": f"Generator variants side by side, from {sorted(VARIANTS)}, each optionally '{FUNCTIONAL}'. The "
+            "first one's run also scores the rows that need no generator (nearest task, mean of zoo, θ₀, the "
+            "per-task reference); 'mcdi' brings the one-pass hypernetwork fitted to the zoo."
+        },
     )
     functional: FunctionalRecipe = field(
         # single-level: on MiniLM seed 0 the term inside Reptile's inner loops reached 65.9 % held-out against 68.2 %
@@ -203,9 +215,9 @@ class LLMBenchConfig(DictConfigMixin):
         if self.base not in BASES:
             raise ValueError(f"base must be one of {sorted(BASES)}, got {self.base!r}.")
         unknown = sorted(v for v in self.variants if variant_recipe(v)[0] not in VARIANTS)
-        if unknown or "mcdi" not in self.variants:
+        if unknown or not self.variants:
             raise ValueError(
-                f"variants must include 'mcdi' and come from {sorted(VARIANTS)}, each optionally with the suffix "
+                f"variants must be one or more of {sorted(VARIANTS)}, each optionally with the suffix "
                 f"'{FUNCTIONAL}'; got {self.variants}."
             )
         if self.finetune_steps < 1:
@@ -272,7 +284,7 @@ def run_variant(config: PipelineConfig, tasksets, progress: bool, log=print) -> 
         results = _read_json(path)
         if results["config"].get("temperature", 1.0) == config.temperature:
             return results
-    return run_pipeline(config, progress=progress, log=log, tasksets=tasksets)
+    return run_pipeline(config, progress=progress, log=log, tasksets=tasksets, device=compute_device())
 
 
 def _read_json(path: Path) -> dict:
@@ -480,7 +492,7 @@ def final(store: ZooStore, task) -> dict[str, torch.Tensor]:
 def task_split_baselines(config: LLMBenchConfig, seed: int, tasksets, log=print) -> tuple[dict, list[dict]]:
     """The stages that depend on the task split only, cached beside the zoo: the multi-task LoRA and the per-task
     fine-tuning curves of the held-out tasks (the first ``finetune_tasks``)."""
-    zoo, _ = zoo_folder(config.pipeline(seed, "mcdi"))
+    zoo, _ = zoo_folder(config.pipeline(seed, config.variants[0]))
     folder = cache_root() / "runs" / f"baselines-{zoo.name}"
     multitask = multitask_lora(tasksets, config.multitask, folder, log)
     tasks = list(tasksets.test)
@@ -505,7 +517,7 @@ _TASKSETS: dict[str, object] = {}  # the task splits prefill_stages built, by fa
 def _seed_tasksets(config: LLMBenchConfig, seed: int):
     """The seed's task split (every variant shares it), built once per process — and once for all the jobs that
     :func:`prefill_stages` forks after building it."""
-    pipeline = config.pipeline(seed, "mcdi")
+    pipeline = config.pipeline(seed, config.variants[0])
     key = stable_hash([pipeline.taskset, pipeline.taskset_kwargs])
     if key not in _TASKSETS:
         _TASKSETS[key] = build_tasksets(pipeline)
@@ -513,7 +525,7 @@ def _seed_tasksets(config: LLMBenchConfig, seed: int):
 
 
 def _zoo_shard(config: LLMBenchConfig, seed: int, rank: int, world_size: int) -> None:
-    pipeline = config.pipeline(seed, "mcdi")
+    pipeline = config.pipeline(seed, config.variants[0])
     root, key = zoo_folder(pipeline)
     tasks = zoo_tasks(_seed_tasksets(config, seed))
     store = ZooStore.open(root, key)
@@ -531,10 +543,15 @@ def _baseline_stage(config: LLMBenchConfig, seed: int) -> None:
     print("[baselines] multi-task LoRA and fine-tuning curves cached", flush=True)
 
 
+def device_name(device: torch.device) -> str:
+    """The record's note of where the base model's passes ran (stages read back from caches may have run elsewhere)."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+
+
 def product_variant(variants: list[str]) -> str:
     """The generator a user meets, whose user's path, seen categories, ROC AUC and controls the record reports: the
-    functional Mc-Di where the run trains it, else the paper's."""
-    return "mcdi" + FUNCTIONAL if "mcdi" + FUNCTIONAL in variants else "mcdi"
+    functional Mc-Di where the run trains it, else the paper's, else the first variant."""
+    return next((v for v in ("mcdi" + FUNCTIONAL, "mcdi") if v in variants), variants[0])
 
 
 def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False, log=print) -> dict:
@@ -544,19 +561,19 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
     if record_path.is_file():
         return _read_json(record_path)
     start = time.perf_counter()
-    mcdi_config = config.pipeline(seed, "mcdi")
-    tasksets = build_tasksets(mcdi_config)  # every variant's task split (same family and keywords)
+    first = config.variants[0]  # its run also scores the rows that need no generator
+    tasksets = build_tasksets(config.pipeline(seed, first))  # every variant's split (same family and keywords)
     results = {v: run_variant(config.pipeline(seed, v), tasksets, progress, log) for v in config.variants}
     product = product_variant(config.variants)
     product_dir = Path(config.pipeline(seed, product).output_dir) / "generator"
     tasks = list(tasksets.test)
-    main = results["mcdi"]["per_task"]
+    main = results[first]["per_task"]
     per_task = {v: results[v]["per_task"]["generated"] for v in config.variants}
     per_task.update({k: main[k] for k in ("hypernetwork", "nearest_task", "mean_of_zoo", "init", "per_task_reference")
                      if k in main})  # fmt: skip
     if "hypernetwork_sft" in results.get("mcdi" + FUNCTIONAL, {}).get("per_task", {}):
         per_task["t2l_sft"] = results["mcdi" + FUNCTIONAL]["per_task"]["hypernetwork_sft"]
-    if product != "mcdi":
+    if variant_recipe(product)[1]:
         per_task.update(
             functional_controls(product_dir, tasks, config.temperature, config.fewshot_steps, config.recorder.lr)
         )
@@ -566,7 +583,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         # SPEC §4 `anchor` for a head in the encoder's space: the cosine rule, which for an encoder is the prompted
         # base's own rule (a LoRA delta on a causal LM has no anchor: its zero is θ₀, the `init` row)
         per_task["anchor"] = per_task["prompted_base"]
-    zoo = Path(results["mcdi"]["zoo"])
+    zoo = Path(results[first]["zoo"])
     multitask, curves = task_split_baselines(config, seed, tasksets, log)
     per_task["multitask_lora"] = multitask["per_task"]
     ft_tasks = tasks[: len(curves)]
@@ -622,9 +639,9 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
         "seen_categories_per_task": seen,
         "multitask_training": multitask["train"],
         "generation_ms_median": {v: results[v]["generation_ms_median"] for v in config.variants},
-        "hypernetwork_ms_median": results["mcdi"].get("hypernetwork_ms_median"),
+        "hypernetwork_ms_median": results.get("mcdi", {}).get("hypernetwork_ms_median"),
         "nearest_checkpoint_distance": {v: results[v]["nearest_checkpoint_distance"] for v in config.variants},
-        "reference_nearest_checkpoint_distance": results["mcdi"].get("reference_nearest_checkpoint_distance"),
+        "reference_nearest_checkpoint_distance": results[first].get("reference_nearest_checkpoint_distance"),
         "meta_train_seconds": {v: results[v]["meta_train_seconds"] for v in config.variants},
         "final_loss": {v: results[v]["history"][-1]["loss"] for v in config.variants},
         "zoo": str(zoo),
@@ -639,6 +656,7 @@ def run_llm_benchmark(config: LLMBenchConfig, seed: int, progress: bool = False,
             else {}
         ),
         "seconds": time.perf_counter() - start,
+        "device": device_name(tasks[0].shared.device),
     }
     atomic_write_text(record_path, json.dumps(record, default=str))
     return record

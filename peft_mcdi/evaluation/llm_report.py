@@ -100,6 +100,7 @@ def summarize(records: Sequence[Mapping]) -> dict:
             "heldout", "held-out categories (no ancestor or descendant of any training category)"
         ),
         "metric": records[0].get("metric", "accuracy"),
+        "device": records[0].get("device", "cpu"),  # records from before it was stored ran on CPUs
         "finetune_sam": records[0]["finetune"].get("sam", True),
         "other_splits": {
             name: {m: mean_std([r["other_splits"][name]["accuracy"][m] for r in records]) for m in split["accuracy"]}
@@ -137,6 +138,11 @@ def targets(records: Sequence[Mapping]) -> list[dict]:
 def _match_cell(entries: Sequence[Mapping]) -> str:
     steps = [e["steps"] for e in entries]
     return " / ".join(str(s) for s in steps)
+
+
+def _where(summary: Mapping) -> str:
+    device = summary.get("device", "cpu")
+    return "this CPU" if device == "cpu" else f"on the {device} that ran the base model and the generators"
 
 
 def markdown(summary: Mapping, title: str, command: str) -> str:
@@ -216,7 +222,7 @@ def markdown(summary: Mapping, title: str, command: str) -> str:
             for k, label in SEEN.items()
         ],
         "",
-        f"Cost of {name}'s `adapt()` (one task, median; this CPU): "
+        f"Cost of {name}'s `adapt()` (one task, median; {_where(summary)}): "
         f"encoder {adapt_ms['encoder']:.1f} ms + generator {adapt_ms['generator']:.1f} ms; batched over the held-out "
         f"tasks {summary['batched_tasks_per_s']:.1f} tasks/s, peak resident memory growth "
         f"{summary['batched_peak_memory_mb']:.0f} MB. Meta-training per variant (median s): "

@@ -92,4 +92,4 @@ def functional_losses(
     weights = generator.decode(estimates.flatten(0, 1), conditions.repeat_interleave(n, 0))  # {name: (m·n, *shape)}
     groups = [task for task in tasks for _ in range(n)]
     batches = [d.batch for d in draws for _ in range(n)]
-    return type(tasks[0]).grouped_loss(groups, weights, batches).view(m, n).mean(1)
+    return type(tasks[0]).grouped_loss(groups, weights, batches).view(m, n).mean(1).to(x_t.device)

@@ -59,15 +59,15 @@ class SharedGenerativeLoRAModel(CausalTemplateModel):
         span = int((labels != -100).sum(1).max())
         inputs = {k: v for k, v in batch.items() if k != "labels"}
         logits = self.forward(params, {**inputs, "logits_to_keep": span + 1}, groups).logits[:, :-1]
-        targets = labels[:, -span:]
+        targets = labels[:, -span:].to(logits.device)
         tokens = F.cross_entropy(logits.transpose(1, 2), targets, reduction="none", ignore_index=-100)
         answer = targets != -100
-        return (tokens * answer).sum(1) / answer.sum(1)
+        return ((tokens * answer).sum(1) / answer.sum(1)).cpu()
 
     def _run(self, params, inputs: dict, groups: torch.Tensor | None):
         if params is None:  # the base model alone
             with self.model.disable_adapter():
-                return self.model(**inputs)
+                return self.model(**self.on_device(inputs))
         return self.forward(params, inputs, groups)
 
     @torch.no_grad()
@@ -81,7 +81,7 @@ class SharedGenerativeLoRAModel(CausalTemplateModel):
         """Greedy answers to ``prompts`` up to the end of the line (at most ``max_new_tokens`` tokens), with the
         adapter ``params`` (None: the base model; with ``groups``, row i uses adapter ``groups[i]``), decoded with
         the key/value cache."""
-        enc = self._with_positions(self.tokenizer(prompts, padding=True, return_tensors="pt"))
+        enc = self.on_device(self._with_positions(self.tokenizer(prompts, padding=True, return_tensors="pt")))
         mask, positions, cache = enc["attention_mask"], enc["position_ids"], None
         step = enc["input_ids"]
         written = []
@@ -90,7 +90,7 @@ class SharedGenerativeLoRAModel(CausalTemplateModel):
             out = self._run(params, {**inputs, "cache": cache, "logits_to_keep": 1}, groups)
             step, cache = out.logits[:, -1].argmax(-1, keepdim=True), out.cache
             written.append(step)
-            texts = self.tokenizer.batch_decode(torch.cat(written, 1))
+            texts = self.tokenizer.batch_decode(torch.cat(written, 1).cpu())
             if all(self.END in t for t in texts):
                 break
             mask = torch.cat([mask, torch.ones_like(step)], 1)

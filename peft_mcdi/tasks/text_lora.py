@@ -2,8 +2,10 @@
 
 The base model is shared by every task; a task's parameters are the adapter's LoRA matrices (and head) under the
 canonical names of :meth:`McDiModel.lora_parameters` (the generator's codec names), evaluated with
-``torch.func.functional_call`` so collecting a zoo never copies the base model. The input is the example alone in a
-fixed template: the task lives in the adapter, not in the prompt. Two kinds of base:
+``torch.func.functional_call`` so collecting a zoo never copies the base model. The base may sit on an accelerator
+(``build_peft_model(device=...)``; the benchmarks: ``$MCDI_DEVICE``): its passes run there, while adapters, their
+optimisers, losses and scores come back to the CPU, where the recorder and the baselines keep them. The input is the
+example alone in a fixed template: the task lives in the adapter, not in the prompt. Two kinds of base:
 
 - an encoder classifier (MiniLM): the 2-way head is generated with the LoRA (the paper's RoBERTa-on-GLUE setting);
 - a causal LM (SmolLM2): no head; the answer is the more likely of the label words " no" / " yes".
@@ -19,6 +21,7 @@ from torch.func import functional_call
 
 from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, accuracy, register_tasksets
 from peft_mcdi.tasks.wordnet import ConceptTask, WordNetTaskConfig, build_concept_tasks
+from peft_mcdi.utils import compute_device
 
 
 class SharedLoRAModel:
@@ -41,6 +44,15 @@ class SharedLoRAModel:
                 self.theta0[name] = (torch.rand(p.shape, generator=g) * 2 - 1) * bound
             else:
                 self.theta0[name] = torch.zeros(p.shape)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the base model's passes run (the adapters, losses and scores live on the CPU)."""
+        return next(self.model.parameters()).device
+
+    def on_device(self, tensors: dict) -> dict:
+        """``tensors``' tensor values on :attr:`device` (differentiably: gradients flow back to CPU adapters)."""
+        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
 
     PROMPT_LENGTH = 64  # tokens kept of a task description put before the example (prompted baselines)
     LABELS = ("no", "yes")  # class 0 and 1 of every task of these families: is the input a member?
@@ -85,8 +97,9 @@ class SharedLoRAModel:
     ):
         """The model with the adapter ``params``; with ``groups`` (B,), each parameter carries a leading group axis
         and row i of the batch runs with adapter ``groups[i]``: many adapters in one pass (:meth:`grouped_loss`)."""
+        batch, params = self.on_device(batch), self.on_device(params)
         if groups is not None:
-            with self._per_row_adapters(params, groups):
+            with self._per_row_adapters(params, groups.to(self.device)):
                 return self.model(**batch)
         full = {self.full_names[k]: v for k, v in params.items()}
         return functional_call(self.model, full, args=(), kwargs=batch, strict=False)
@@ -163,15 +176,17 @@ class SharedLoRAModel:
         return batch["labels"]
 
     def row_losses(self, params, batch, groups: torch.Tensor | None = None) -> torch.Tensor:
-        """(B,) task loss of each example (row i with adapter ``groups[i]`` when given)."""
-        return F.cross_entropy(self.logits(params, batch, groups), self.targets(batch), reduction="none")
+        """(B,) task loss of each example (row i with adapter ``groups[i]`` when given), on the CPU."""
+        logits = self.logits(params, batch, groups)
+        return F.cross_entropy(logits, self.targets(batch).to(logits.device), reduction="none").cpu()
 
     def loss(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.row_losses(params, batch).mean()
 
     def scores(self, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, 2) class scores; the prediction is their argmax (ties split: :func:`~peft_mcdi.tasks.base.accuracy`)."""
-        return self.logits(params, batch)
+        """(B, 2) class scores on the CPU; the prediction is their argmax (ties split:
+        :func:`~peft_mcdi.tasks.base.accuracy`)."""
+        return self.logits(params, batch).cpu()
 
     @torch.no_grad()
     def zero_shot_accuracy(
@@ -191,9 +206,9 @@ class SharedLoRAModel:
         encoder = self.model.get_base_model().base_model  # the bare transformer under the classification head
         texts = [description, *[w for w, _ in examples], *words]
         with self.model.disable_adapter():
-            enc = self.tokenizer(texts, padding=True, return_tensors="pt")
-            hidden = encoder(**enc).last_hidden_state
-        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            enc = self.on_device(self.tokenizer(texts, padding=True, return_tensors="pt"))
+            hidden = encoder(**enc).last_hidden_state.cpu()
+        mask = enc["attention_mask"].cpu().unsqueeze(-1).to(hidden.dtype)
         pooled = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
         reference, k = pooled[0], 1 + len(examples)
         if examples:
@@ -280,7 +295,7 @@ class SharedCausalLoRAModel(CausalTemplateModel):
         return self.label_ids[batch["labels"]]
 
     def scores(self, params, batch) -> torch.Tensor:
-        return self.logits(params, batch)[:, self.label_ids]
+        return self.logits(params, batch)[:, self.label_ids.to(self.device)].cpu()
 
     @torch.no_grad()
     def zero_shot_accuracy(
@@ -293,9 +308,9 @@ class SharedCausalLoRAModel(CausalTemplateModel):
         labels = torch.tensor([bool(y) for _, y in pairs])
         shots = [t + self.LABEL_WORDS[y] for t, (_, y) in zip(self.texts([w for w, _ in examples]), examples)]
         context = "\n".join([description, *shots])
-        enc = self.encode([w for w, _ in pairs], [context] * len(pairs))
+        enc = self.on_device(self.encode([w for w, _ in pairs], [context] * len(pairs)))
         with self.model.disable_adapter():
-            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids]
+            logits = self.model(**enc, logits_to_keep=1).logits[:, -1, self.label_ids.to(self.device)].cpu()
         log_odds = logits[:, 1] - logits[:, 0]
         return float(((log_odds > log_odds.median()) == labels).float().mean())
 
@@ -399,13 +414,15 @@ def build_peft_model(
     seed: int = 0,
     load_in_4bit: bool = False,
     task_type: str | None = None,
+    device: str | torch.device | None = None,
     **config_kwargs,
 ):
     """A fresh MCDI ``PeftModel`` and its tokenizer. ``base`` is "minilm" (a 2-way sequence classifier on
     all-MiniLM-L6-v2, the WordNet main setting), "smollm2" (SmolLM2-135M-Instruct as a causal LM), or any Hub id or
     local folder (``task_type`` "CAUSAL_LM", the default, or "SEQ_CLS") — the full-scale configurations use the same
     path. ``load_in_4bit`` loads a causal LM's weights in nf4 with bitsandbytes (QLoRA-style; the LoRA stays
-    float32). ``config_kwargs`` go to ``McDiConfig`` (e.g. the generator)."""
+    float32). ``device``: where the base runs (default :func:`~peft_mcdi.utils.compute_device`). ``config_kwargs``
+    go to ``McDiConfig`` (e.g. the generator)."""
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     from peft_mcdi.auto import quiet_get_peft_model, quiet_load_report
@@ -419,16 +436,19 @@ def build_peft_model(
         raise ValueError(f"task_type must be 'CAUSAL_LM' or 'SEQ_CLS', got {task_type!r}.")
     if load_in_4bit and task_type != "CAUSAL_LM":
         raise ValueError(f"load_in_4bit is supported for causal-LM bases only, got base={base!r} ({task_type}).")
+    device = torch.device(device) if device is not None else compute_device()
     torch.manual_seed(seed)
     if task_type == "SEQ_CLS":
         with quiet_load_report():  # the head is missing from the checkpoint by design: tasks train or generate it
             model = from_pretrained(AutoModelForSequenceClassification, hub_id, num_labels=2)
     else:
-        quantized = {"quantization_config": quantized_4bit_config(), "device_map": "cpu"} if load_in_4bit else {}
+        quantized = {"quantization_config": quantized_4bit_config(), "device_map": str(device)} if load_in_4bit else {}
         model = from_pretrained(AutoModelForCausalLM, hub_id, dtype=torch.float32, **quantized)
         keep_4bit_layers_trainable_on_cpu(model)
     config = McDiConfig(r=r, target_modules=list(target_modules), task_type=task_type, **config_kwargs)
     peft_model = quiet_get_peft_model(model, config)  # names the base by its Hub id, not the offline copy's folder
+    if not load_in_4bit:  # a quantized model is placed by its device_map
+        peft_model.to(device)
     return peft_model, from_pretrained(AutoTokenizer, hub_id)
 
 

@@ -212,8 +212,11 @@ def test_a_corrupt_cached_stage_is_reported(tmp_path):
 def test_config_errors_name_the_argument():
     with pytest.raises(ValueError, match="base must be one of"):
         LLMBenchConfig.for_base("gpt2")
-    with pytest.raises(ValueError, match="variants must include 'mcdi'"):
-        LLMBenchConfig(variants=["mvdi"])
+    with pytest.raises(ValueError, match="variants must be one or more of"):
+        LLMBenchConfig(variants=[])
+    with pytest.raises(ValueError, match="variants must be one or more of"):
+        LLMBenchConfig(variants=["mcdi", "ddpm"])
+    assert LLMBenchConfig(variants=["mcdi_functional"]).variants == ["mcdi_functional"]  # no paper run needed
     smol = LLMBenchConfig.for_base("smollm2_wordnet", {"meta": {"num_outer_steps": 7}})
     assert (smol.num_train_tasks, smol.finetune_tasks, smol.meta.num_outer_steps) == (40, 4, 7)
     assert smol.meta.samples_per_task == 8  # nested overrides merge key by key

@@ -81,3 +81,24 @@ def test_written_answers_have_no_roc_auc_and_the_report_renders(record):
     assert "ROC AUC" not in text and "| base model prompted with the description |" in text
     assert "test exact match in % on 2 held-out (transform, format) tasks" in text
     assert "Held-out split `test_unseen_type`" in text and "the zoo's Adam recipe" in text
+
+
+def test_a_functional_only_run_scores_every_row_the_issue_compares(tiny_llama_dir, tmp_path, monkeypatch):
+    """Without the paper's generator (its Reptile meta-training is the costliest stage on SmolLM2), the functional
+    run scores the rows that need no generator, t2l_sft and the controls; only the zoo-fitted hypernetwork is gone."""
+    monkeypatch.setenv("MCDI_CACHE", str(tmp_path))
+
+    def tasksets(num_train_tasks: int, num_test_tasks: int, seed: int = 0):
+        return wordform_tasksets(TINY_LLAMA, num_train_tasks, num_test_tasks, 2, ("q_proj", "v_proj"), seed, 8,
+                                 **FAMILY)  # fmt: skip
+
+    monkeypatch.setitem(KNOWN_BASES, TINY_LLAMA, (tiny_llama_dir, "CAUSAL_LM"))
+    monkeypatch.setitem(BASES, TINY_LLAMA, {**BASES["smollm2"], "model": TINY_LLAMA, "taskset": "wordforms-tiny-llama",
+                                            "r": 2})  # fmt: skip
+    monkeypatch.setitem(task_registry, "wordforms-tiny-llama", tasksets)
+    record = run_llm_benchmark(LLMBenchConfig.for_base(TINY_LLAMA, {**TINY, "variants": ["mcdi_functional"]}), 0)
+    assert record["product"] == "mcdi_functional" and record["device"] == "cpu"
+    assert {"nearest_task", "mean_of_zoo", "init", "per_task_reference", "t2l_sft", "mcdi_functional_sibling",
+            "multitask_lora", "prompted_base_icl"} <= set(record["per_task"])  # fmt: skip
+    assert "hypernetwork" not in record["per_task"] and "mcdi" not in record["per_task"]
+    assert "Held-out split `test_unseen_type`" in markdown(summarize([record]), "tiny", "cmd")

@@ -170,8 +170,11 @@ class McDiModel(LoraModel):
         # Generators are not submodules (they are not part of the adapted model's state), so model.to(device) leaves
         # them behind: follow the adapter's weights here, or adapt() would quietly generate on the old device.
         generator = self._mcdi_generators[adapter_name]
-        device = next(iter(self.lora_parameters(adapter_name).values())).device
+        device = self._adapter_device(adapter_name)
         return generator if generator.device == device else generator.to(device)
+
+    def _adapter_device(self, adapter_name: str) -> torch.device:
+        return next(iter(self.lora_parameters(adapter_name).values())).device
 
     def _encoder_for(self, name: str) -> TextEncoder:
         if name not in self._mcdi_encoders:
@@ -317,9 +320,14 @@ class McDiModel(LoraModel):
         previous = self.active_adapters
         self.set_adapter(adapter_name)
         try:
-            return float(self.model(**examples).loss)
+            return float(self.model(**self._on_adapter_device(adapter_name, examples)).loss)
         finally:
             self.set_adapter(previous)
+
+    def _on_adapter_device(self, adapter_name: str, examples: dict) -> dict:
+        """``examples``' tensors on the adapter's device: a user tokenises on the CPU, the model may sit on a GPU."""
+        device = self._adapter_device(adapter_name)
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in examples.items()}
 
     def _refine(self, adapter_name: str, examples: dict, steps: int, lr: float) -> None:
         """``steps`` Adam steps on ``adapter_name``'s own weights (LoRA and head) on the loss of ``examples``, with
@@ -327,6 +335,7 @@ class McDiModel(LoraModel):
         if "labels" not in examples:
             raise ValueError("examples must include 'labels' (the model computes the refinement loss from them).")
         params = list(self.lora_parameters(adapter_name).values())
+        examples = self._on_adapter_device(adapter_name, examples)
         flags, previous = [p.requires_grad for p in params], self.active_adapters
         self.set_adapter(adapter_name)
         optimizer = torch.optim.Adam(params, lr=lr)
