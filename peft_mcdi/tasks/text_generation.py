@@ -8,6 +8,8 @@ package). The family registered here is :mod:`~peft_mcdi.tasks.wordforms` on Smo
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 
@@ -70,6 +72,12 @@ class SharedGenerativeLoRAModel(CausalTemplateModel):
                 return self.model(**self.on_device(inputs))
         return self.forward(params, inputs, groups)
 
+    def _cache_name(self) -> str:
+        """The key/value cache's name in the model's inputs and outputs: ``cache`` from transformers 5.2x,
+        ``past_key_values`` before (GPU images lag the CPU environment's version)."""
+        forward = inspect.signature(self.model.get_base_model().forward).parameters
+        return "cache" if "cache" in forward else "past_key_values"
+
     @torch.no_grad()
     def generate(
         self,
@@ -82,13 +90,13 @@ class SharedGenerativeLoRAModel(CausalTemplateModel):
         adapter ``params`` (None: the base model; with ``groups``, row i uses adapter ``groups[i]``), decoded with
         the key/value cache."""
         enc = self.on_device(self._with_positions(self.tokenizer(prompts, padding=True, return_tensors="pt")))
-        mask, positions, cache = enc["attention_mask"], enc["position_ids"], None
+        mask, positions, cache, cache_name = enc["attention_mask"], enc["position_ids"], None, self._cache_name()
         step = enc["input_ids"]
         written = []
         for _ in range(max_new_tokens):
             inputs = {"input_ids": step, "attention_mask": mask, "position_ids": positions, "use_cache": True}
-            out = self._run(params, {**inputs, "cache": cache, "logits_to_keep": 1}, groups)
-            step, cache = out.logits[:, -1].argmax(-1, keepdim=True), out.cache
+            out = self._run(params, {**inputs, cache_name: cache, "logits_to_keep": 1}, groups)
+            step, cache = out.logits[:, -1].argmax(-1, keepdim=True), out[cache_name]
             written.append(step)
             texts = self.tokenizer.batch_decode(torch.cat(written, 1).cpu())
             if all(self.END in t for t in texts):
