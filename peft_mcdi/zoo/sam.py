@@ -61,6 +61,10 @@ class SAM(torch.optim.Optimizer):
             raise ValueError("SAM.step needs a closure that zeroes grads, computes the loss and calls backward().")
         closure = torch.enable_grad()(closure)
         loss = closure()
+        if all(group["rho"] == 0 for group in self.param_groups):
+            # no ascent: the second pass would recompute the same gradient at the same point, doubling the cost
+            self.base_optimizer.step()
+            return loss
         self.first_step()
         closure()
         self.second_step()

@@ -39,9 +39,11 @@ def test_rho_zero_is_the_base_optimizer():
     w2 = torch.nn.Parameter(w1.detach().clone())
     sam = SAM([w1], torch.optim.Adam, rho=0.0, lr=0.1)
     adam = torch.optim.Adam([w2], lr=0.1)
+    passes = []
     for _ in range(3):
 
         def closure():
+            passes.append(1)
             sam.zero_grad()
             loss = (w1**3).sum()
             loss.backward()
@@ -52,6 +54,7 @@ def test_rho_zero_is_the_base_optimizer():
         (w2**3).sum().backward()
         adam.step()
     torch.testing.assert_close(w1.data, w2.data)
+    assert len(passes) == 3  # one pass per step: without an ascent, the second one would only repeat the first
 
 
 def test_bad_arguments():
