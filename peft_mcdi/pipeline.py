@@ -570,22 +570,18 @@ def evaluate_heldout(
     mean = mean_of_zoo(train_final)
     one_pass = {name: net.generate(test_conditions) for name, net in (hypernetworks or {}).items()}
 
-    methods: dict[str, list[float]] = {}
-    references = []
-    for j, task in enumerate(tasksets.test):
-        reference = store.read(task.task_id)
-        references.append({n: v[-1] for n, v in reference.params.items()})
-        candidates = {
-            "generated": {n: v[j] for n, v in generated.items()},
-            "nearest_task": {n: v[nearest[j]] for n, v in train_final.items()},
-            "mean_of_zoo": mean,
-            "init": task.init_params(),
-            "per_task_reference": references[-1],
-        }
-        for name, weights in one_pass.items():
-            candidates[name] = {n: v[j] for n, v in weights.items()}
-        for name, params in candidates.items():
-            methods.setdefault(name, []).append(float(task.evaluate(params)))
+    tasks = list(tasksets.test)
+    references = [{n: v[-1] for n, v in store.read(t.task_id).params.items()} for t in tasks]
+    rows = range(len(tasks))
+    candidates = {
+        "generated": [{n: v[j] for n, v in generated.items()} for j in rows],
+        "nearest_task": [{n: v[nearest[j]] for n, v in train_final.items()} for j in rows],
+        "mean_of_zoo": [mean for _ in rows],
+        "init": [t.init_params() for t in tasks],
+        "per_task_reference": references,
+        **{name: [{n: v[j] for n, v in weights.items()} for j in rows] for name, weights in one_pass.items()},
+    }
+    methods = {name: type(tasks[0]).evaluate_group(tasks, params) for name, params in candidates.items()}
 
     zoo_vectors = load_zoo_tensors(store, train_ids, generator.codec, k, generator.anchor).targets.flatten(0, 1)
     zoo_vectors = zoo_vectors.to(device)

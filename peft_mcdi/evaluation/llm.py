@@ -368,10 +368,10 @@ def users_path(config: LLMBenchConfig, generator_dir: Path, tasksets, seed: int)
         return {k: v.detach().clone() for k, v in model.base_model.lora_parameters(name).items()}
 
     info, batched_seconds, peak_mb = measured(lambda: model.adapt(descriptions, adapter_names=names, seed=0))
-    with_adapter = [float(t.evaluate(written(n))) for n, t in zip(names, tasks)]
+    with_adapter = scores(tasks, [written(n) for n in names])
     examples = [t.shared.selection_examples(t.concept.val) for t in tasks]
     model.adapt(descriptions, adapter_names=names, seed=0, num_samples=8, examples=examples)
-    best_of_8 = [float(t.evaluate(written(n))) for n, t in zip(names, tasks)]
+    best_of_8 = scores(tasks, [written(n) for n in names])
     ranked = {"with_adapter_auc": [t.roc_auc(written(n)) for n, t in zip(names, tasks)]} if _choices(tasks) else {}
     return {
         "with_adapter": with_adapter,
@@ -413,12 +413,12 @@ def seen_categories(generator_dir: Path, store: ZooStore, tasks, temperature: fl
 
     def accuracy(conditions: torch.Tensor) -> list[float]:
         weights = generator.generate(conditions, seed=0, temperature=temperature)
-        return [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
+        return scores(tasks, unstacked(weights))
 
     return {
         "training_descriptions": accuracy(torch.stack([t.condition for t in tasks])),
         "new_descriptions": accuracy(paraphrases),
-        "own_adapter": [float(t.evaluate(final(store, t))) for t in tasks],
+        "own_adapter": scores(tasks, [final(store, t) for t in tasks]),
     }
 
 
@@ -445,15 +445,13 @@ def functional_controls(
     with torch.no_grad():
         own = generator.generate(conditions, seed=0, temperature=temperature)
         other = generator.generate(conditions[sibling_indices(conditions)], seed=0, temperature=temperature)
-    rows = {k: [] for k in ("mcdi_functional_sibling", "mcdi_functional_prompted", "mcdi_functional_fewshot",
-                            "zero_fewshot")}  # fmt: skip
-    for j, task in enumerate(tasks):
-        mine = {k: v[j] for k, v in own.items()}
-        rows["mcdi_functional_sibling"].append(float(task.evaluate({k: v[j] for k, v in other.items()})))
-        rows["mcdi_functional_prompted"].append(task.prompted_accuracy(mine))
-        rows["mcdi_functional_fewshot"].append(float(task.evaluate(refined(task, mine, fewshot_steps, lr))))
-        rows["zero_fewshot"].append(float(task.evaluate(refined(task, task.init_params(), fewshot_steps, lr))))
-    return rows
+    mine = unstacked(own)
+    return {
+        "mcdi_functional_sibling": scores(tasks, unstacked(other)),
+        "mcdi_functional_prompted": [t.prompted_accuracy(p) for t, p in zip(tasks, mine)],
+        "mcdi_functional_fewshot": scores(tasks, [refined(t, p, fewshot_steps, lr) for t, p in zip(tasks, mine)]),
+        "zero_fewshot": scores(tasks, [refined(t, t.init_params(), fewshot_steps, lr) for t in tasks]),
+    }
 
 
 @torch.no_grad()
@@ -467,16 +465,26 @@ def other_split(config: LLMBenchConfig, seed: int, tasks, train_tasks, store: Zo
     for variant in config.variants:
         generator = McDiGenerator.from_pretrained(Path(config.pipeline(seed, variant).output_dir) / "generator")
         weights = generator.generate(conditions, seed=0, temperature=config.temperature)
-        rows[variant] = [float(t.evaluate({k: v[j] for k, v in weights.items()})) for j, t in enumerate(tasks)]
+        rows[variant] = scores(tasks, unstacked(weights))
     nearest = nearest_task_indices(torch.stack([t.condition for t in train_tasks]), conditions)
-    rows["nearest_task"] = [float(t.evaluate(final(store, train_tasks[i]))) for t, i in zip(tasks, nearest.tolist())]
-    rows["init"] = [float(t.evaluate(t.init_params())) for t in tasks]
-    rows["per_task_reference"] = [float(t.evaluate(final(store, t))) for t in tasks]
+    rows["nearest_task"] = scores(tasks, [final(store, train_tasks[i]) for i in nearest.tolist()])
+    rows["init"] = scores(tasks, [t.init_params() for t in tasks])
+    rows["per_task_reference"] = scores(tasks, [final(store, t) for t in tasks])
     rows["prompted_base"] = [t.zero_shot_accuracy() for t in tasks]
     rows["prompted_base_icl"] = [t.zero_shot_accuracy(shots=ICL_SHOTS) for t in tasks]
     rows["multitask_lora"] = [t.prompted_accuracy(multitask["params"]) for t in tasks]
     return {"task_ids": [t.task_id for t in tasks], "per_task": rows,
             "accuracy": {m: statistics.fmean(v) for m, v in rows.items()}}  # fmt: skip
+
+
+def scores(tasks, params: list[dict[str, torch.Tensor]]) -> list[float]:
+    """``tasks[j]``'s held-out metric with ``params[j]``, in one batched evaluation where the family has one."""
+    return type(tasks[0]).evaluate_group(tasks, params)
+
+
+def unstacked(weights: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Generated weights with a leading task axis → one weight dict per task."""
+    return [{k: v[j] for k, v in weights.items()} for j in range(next(iter(weights.values())).shape[0])]
 
 
 def _choices(tasks) -> bool:

@@ -50,6 +50,13 @@ class Task(ABC):
             [t.loss({k: v[g] for k, v in params.items()}, b) for g, (t, b) in enumerate(zip(tasks, batches))]
         )
 
+    @classmethod
+    @torch.no_grad()
+    def evaluate_group(cls, tasks: Sequence[Task], params: Sequence[dict[str, torch.Tensor]]) -> list[float]:
+        """``tasks[g].evaluate(params[g])`` for every g. This default evaluates one task at a time; families whose
+        evaluation is a pass of a shared model override it with one batched pass (generated answers: one decode)."""
+        return [float(t.evaluate(p)) for t, p in zip(tasks, params, strict=True)]
+
     def augment(self, batch: Any, generator: torch.Generator) -> Any:
         """Data augmentation hook applied to every training batch; identity unless the data allows more."""
         return batch

@@ -143,6 +143,24 @@ class WordFormLoRATask(ConceptLoRATask):
             return torch.tensor(self.shared.exact_match(params, self.concept.test))
         return torch.stack([self.evaluate({k: v[j] for k, v in params.items()}) for j in range(first.shape[0])])
 
+    @classmethod
+    @torch.no_grad()
+    def evaluate_group(cls, tasks, params) -> list[float]:
+        """Every task's exact match with its adapter, all test answers decoded in one batch (row i with its task's
+        adapter): on a GPU one decode of a few hundred rows costs what one task's 40 rows cost."""
+        shared = {id(t.shared): t.shared for t in tasks}
+        if len(shared) > 1:
+            return super().evaluate_group(tasks, params)
+        model = tasks[0].shared
+        stacked = {k: torch.stack([p[k] for p in params]) for k in params[0]}
+        words = [w for t in tasks for w, _ in t.concept.test]
+        references = [a for t in tasks for _, a in t.concept.test]
+        groups = torch.cat([torch.full((len(t.concept.test),), g) for g, t in enumerate(tasks)])
+        answers = model.generate(stacked, model.prompt_texts(words), model.answer_budget(references), groups)
+        ends = torch.tensor([len(t.concept.test) for t in tasks]).cumsum(0).tolist()
+        return [exact_match(answers[e - len(t.concept.test) : e], references[e - len(t.concept.test) : e])
+                for t, e in zip(tasks, ends)]  # fmt: skip
+
     def roc_auc(self, params: dict[str, torch.Tensor]) -> float:
         raise NotImplementedError("a generated answer has no score margin to rank by: ROC AUC is for choice tasks.")
 

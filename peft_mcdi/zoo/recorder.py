@@ -55,9 +55,24 @@ class RecorderConfig(DictConfigMixin):
         },
     )
 
+    tasks_per_pass: int = field(
+        default=1,
+        metadata={
+            "help": "Tasks trained side by side, one grouped pass of the shared base model per step "
+            "(Task.grouped_loss): the same trajectories up to float rounding, G times fewer passes, which a GPU "
+            "needs (one task's small batches leave it idle). Needs rho = 0: SAM's radius is per task.",
+            "omit_default": True,
+        },
+    )
+
     def __post_init__(self) -> None:
         if self.num_epochs < 1:
             raise ValueError(f"num_epochs must be >= 1, got {self.num_epochs}.")
+        if self.tasks_per_pass < 1 or (self.tasks_per_pass > 1 and self.rho > 0):
+            raise ValueError(
+                f"tasks_per_pass must be >= 1, and 1 when rho > 0 (SAM's ascent is per task); got tasks_per_pass="
+                f"{self.tasks_per_pass}, rho={self.rho}."
+            )
         if not self.keep_every_epoch and not 1 <= self.num_segments <= self.num_epochs:
             raise ValueError(f"num_segments must be in [1, num_epochs={self.num_epochs}], got {self.num_segments}.")
 
@@ -119,21 +134,67 @@ def train_task(task: Task, config: RecorderConfig) -> tuple[dict[int, dict[str, 
     """Train one task with SAM around the base optimizer; returns {epoch: params} for the kept epochs and the last
     epoch's mean loss."""
     params = {k: v.clone().requires_grad_(True) for k, v in task.init_params().items()}
-    keep = set(config.kept_epochs())
-    checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}
-    last_loss = [float("nan")]
+    record = _TrajectoryRecord(task.task_id, config, params)
+    adam_sam_train(task, config, params, on_epoch_end=lambda epoch, loss: record.end_of_epoch(epoch, loss, params))
+    return record.checkpoints, record.last_loss
 
-    def end_of_epoch(epoch: int, epoch_loss: float) -> None:
+
+class _TrajectoryRecord:
+    """One task's kept checkpoints (θ₀ first) and last epoch loss; a diverged epoch is an error naming the task."""
+
+    def __init__(self, task_id: str, config: RecorderConfig, params: dict[str, torch.Tensor]) -> None:
+        self.task_id, self.keep = task_id, set(config.kept_epochs())
+        self.checkpoints = {0: {k: v.detach().clone() for k, v in params.items()}}
+        self.last_loss = float("nan")
+
+    def end_of_epoch(self, epoch: int, epoch_loss: float, params: dict[str, torch.Tensor]) -> None:
         if not all(torch.isfinite(v).all() for v in params.values()) or epoch_loss != epoch_loss:
             raise FloatingPointError(
-                f"task {task.task_id!r} diverged at epoch {epoch} (loss {epoch_loss}); lower RecorderConfig.lr."
+                f"task {self.task_id!r} diverged at epoch {epoch} (loss {epoch_loss}); lower RecorderConfig.lr."
             )
-        if epoch in keep:
-            checkpoints[epoch] = {k: v.detach().clone() for k, v in params.items()}
-        last_loss[0] = epoch_loss
+        if epoch in self.keep:
+            self.checkpoints[epoch] = {k: v.detach().clone() for k, v in params.items()}
+        self.last_loss = epoch_loss
 
-    adam_sam_train(task, config, params, on_epoch_end=end_of_epoch)
-    return checkpoints, last_loss[0]
+
+def train_task_group(
+    tasks: Sequence[Task], config: RecorderConfig
+) -> list[tuple[dict[int, dict[str, torch.Tensor]], float]]:
+    """:func:`train_task` for several tasks of one family at once: their parameters stacked on a leading group
+    axis, each step one grouped pass (:meth:`~peft_mcdi.tasks.base.Task.grouped_loss`) on every task's own next
+    batch, in its own seeded order. Adam and SGD act elementwise and every task steps together, so each trajectory
+    is its single-task one up to float rounding. Needs ``config.rho == 0`` and tasks with as many batches per
+    epoch (the family's fixed training-set size)."""
+    if config.rho > 0:
+        raise ValueError(
+            f"train_task_group trains without SAM's ascent (its radius is per task), got rho={config.rho}."
+        )
+    starts = [t.init_params() for t in tasks]
+    params = {k: torch.stack([p[k] for p in starts]) for k in starts[0]}
+    trainable = [v.requires_grad_() for k, v in params.items() if not any(fnmatch(k, f) for f in config.frozen)]
+    base, arguments = BASE_OPTIMIZERS[config.optimizer]
+    optimizer = base(trainable, lr=config.lr, weight_decay=config.weight_decay, **arguments)
+    generators = [batch_order_generator(t, config) for t in tasks]
+    records = [_TrajectoryRecord(t.task_id, config, s) for t, s in zip(tasks, starts)]
+    for epoch in range(1, config.num_epochs + 1):
+        losses = []
+        epochs = [t.train_batches(epoch, g) for t, g in zip(tasks, generators)]
+        try:
+            for batches in zip(*epochs, strict=True):
+                batches = [t.augment(b, g) for t, b, g in zip(tasks, batches, generators)]
+                optimizer.zero_grad()
+                loss = type(tasks[0]).grouped_loss(tasks, params, batches)
+                loss.sum().backward()  # task g's loss depends on params[g] only: one backward, every gradient
+                optimizer.step()
+                losses.append(loss.detach())
+        except ValueError as err:
+            if "zip()" not in str(err):
+                raise
+            raise ValueError("train_task_group needs tasks with as many training batches per epoch.") from err
+        mean = torch.stack(losses).mean(0).tolist()
+        for g, record in enumerate(records):
+            record.end_of_epoch(epoch, mean[g], {k: v[g] for k, v in params.items()})
+    return [(r.checkpoints, r.last_loss) for r in records]
 
 
 def collect(
@@ -152,12 +213,17 @@ def collect(
     mine = list(tasks)[rank::world_size]
     todo = [t for t in mine if not store.has(t.task_id)]
     done = []
-    bar = tqdm(todo, desc=f"collect [{rank}/{world_size}]", unit="task", disable=not progress or not todo)
-    for task in bar:
-        checkpoints, final_loss = train_task(task, config)
-        store.write(
-            task.task_id, checkpoints, task.condition, {"final_loss": final_loss, "num_epochs": config.num_epochs}
-        )
-        done.append(task.task_id)
-        bar.set_postfix(loss=f"{final_loss:.3f}")
+    bar = tqdm(total=len(todo), desc=f"collect [{rank}/{world_size}]", unit="task", disable=not progress or not todo)
+    size = config.tasks_per_pass
+    for start in range(0, len(todo), size):
+        group = todo[start : start + size]
+        trained = train_task_group(group, config) if size > 1 else [train_task(group[0], config)]
+        for task, (checkpoints, final_loss) in zip(group, trained):
+            store.write(
+                task.task_id, checkpoints, task.condition, {"final_loss": final_loss, "num_epochs": config.num_epochs}
+            )
+            done.append(task.task_id)
+            bar.update()
+            bar.set_postfix(loss=f"{final_loss:.3f}")
+    bar.close()
     return done

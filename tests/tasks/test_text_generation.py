@@ -7,6 +7,7 @@ from peft_mcdi.evaluation.metrics import exact_match, load_metric
 from peft_mcdi.tasks.text_generation import SharedGenerativeLoRAModel, WordFormLoRATask
 from peft_mcdi.tasks.text_lora import build_peft_model
 from peft_mcdi.tasks.wordforms import WordFormTask
+from peft_mcdi.zoo.recorder import RecorderConfig, train_task, train_task_group
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +66,18 @@ def test_grouped_loss_is_each_adapters_own_loss(tiny):
     assert all(g[[0, 2]].abs().sum() == 0 and g[1].abs().sum() > 0 for g in grads)
 
 
+def test_side_by_side_recording_retraces_each_tasks_trajectory(tiny):
+    """The zoo's grouped recorder (RecorderConfig.tasks_per_pass) through the per-row adapters, against one task at
+    a time through functional_call: the same trajectory up to float rounding."""
+    first, second = plural_task(tiny), plural_task(tiny)
+    second.task_id = "test-plural-brackets-2"  # another seeded batch order
+    config = RecorderConfig(num_epochs=2, lr=1e-2, rho=0.0)
+    for task, (checkpoints, _) in zip((first, second), train_task_group([first, second], config)):
+        alone, _ = train_task(task, config)
+        for name, value in alone[2].items():
+            torch.testing.assert_close(checkpoints[2][name], value, rtol=1e-4, atol=1e-5)
+
+
 def test_greedy_decoding_matches_stepwise_argmax_and_per_row_adapters(tiny):
     """The cached decoding writes what re-running the whole prefix writes; θ₀ writes what the base model writes;
     adapters chosen per row write what each writes alone."""
@@ -96,6 +109,27 @@ def test_evaluate_scores_exact_matches(tiny, monkeypatch):
     assert task.evaluate(stacked).tolist() == [0.75, 0.75]
     with pytest.raises(NotImplementedError, match="ROC AUC is for choice tasks"):
         task.roc_auc(tiny.theta0)
+
+
+def test_a_group_of_tasks_is_scored_in_one_decode_with_each_rows_adapter(tiny, monkeypatch):
+    """evaluate_group: every task's test words in one batch, row i with its own task's adapter, scored per task."""
+    plural = plural_task(tiny)
+    spec = WordFormTask("test-past-plain", "past", "plain", "Write the past tense.", [], [], [], [("walk", "walked"),
+                        ("jump", "jumped")])  # fmt: skip
+    past = WordFormLoRATask(spec, tiny, torch.zeros(384), batch_size=2)
+    adapters = random_adapters(tiny, 2, 3)
+    calls = []
+
+    def generate(params, prompts, budget, groups=None):
+        calls.append((params, prompts, groups))
+        return ["[cats]", "[boxs]", "[cities]", "[hippopotamuses]", "walked", "jumpt"]
+
+    monkeypatch.setattr(tiny, "generate", generate)
+    per_task = [{k: v[j] for k, v in adapters.items()} for j in (0, 1)]
+    assert WordFormLoRATask.evaluate_group([plural, past], per_task) == [0.75, 0.5]
+    ((params, prompts, groups),) = calls
+    assert groups.tolist() == [0, 0, 0, 0, 1, 1] and prompts[4] == "Word: walk\nAnswer:"
+    assert all(torch.equal(params[k], adapters[k]) for k in adapters)
 
 
 def test_prompted_base_reads_description_examples_then_the_word(tiny, monkeypatch):

@@ -1,5 +1,6 @@
 """Trajectory recording: shared init, kept epochs, resumable collection, corrupt and non-finite data."""
 
+import copy
 import json
 from pathlib import Path
 
@@ -166,3 +167,31 @@ def test_writes_are_atomic(tasks, tmp_path, monkeypatch):
         collect(tasks.train[:1], store, RecorderConfig(num_epochs=1), progress=False)
     assert not store.has("train-00000")
     assert list(store.task_dir.iterdir()) == []
+
+
+def test_tasks_trained_side_by_side_retrace_their_own_trajectories(tasks, tmp_path):
+    """One grouped pass per step (tasks_per_pass) gives every task its single-task trajectory, kept epochs, loss and
+    frozen parameters included, and collection writes each task as the one-at-a-time path does."""
+    config = RecorderConfig(num_epochs=3, lr=0.05, rho=0.0, frozen=["b*"])
+    group = recorder.train_task_group(list(tasks.train[:3]), config)
+    for task, (checkpoints, loss) in zip(tasks.train[:3], group):
+        alone, alone_loss = train_task(task, config)
+        assert sorted(checkpoints) == sorted(alone) and loss == pytest.approx(alone_loss, rel=1e-5)
+        for epoch in alone:
+            for name in alone[epoch]:
+                torch.testing.assert_close(checkpoints[epoch][name], alone[epoch][name], rtol=1e-5, atol=1e-6)
+    grouped = RecorderConfig(num_epochs=3, lr=0.05, rho=0.0, tasks_per_pass=3)
+    store = ZooStore.open(tmp_path / "zoo", "k")
+    assert collect(tasks.train, store, grouped, progress=False) == [t.task_id for t in tasks.train]  # 3 + 1 tasks
+    assert "tasks_per_pass" not in RecorderConfig().to_dict()  # zoos collected before the field existed keep their key
+
+
+def test_side_by_side_training_refuses_sam_and_uneven_tasks(tasks):
+    with pytest.raises(ValueError, match="tasks_per_pass must be >= 1, and 1 when rho > 0"):
+        RecorderConfig(rho=0.05, tasks_per_pass=2)
+    with pytest.raises(ValueError, match="rho"):
+        recorder.train_task_group(list(tasks.train[:2]), RecorderConfig(rho=0.05))
+    uneven = copy.copy(tasks.train[1])
+    uneven.train_batches = lambda epoch, generator: [*tasks.train[1].train_batches(epoch, generator)] * 2
+    with pytest.raises(ValueError, match="as many training batches per epoch"):
+        recorder.train_task_group([tasks.train[0], uneven], RecorderConfig(rho=0.0))
