@@ -568,7 +568,9 @@ def evaluate_heldout(
     generated = {n: v.cpu() for n, v in generator.decode(vectors, test_conditions.to(device)).items()}
     nearest = nearest_task_indices(train_conditions, test_conditions)
     mean = mean_of_zoo(train_final)
-    one_pass = {name: net.generate(test_conditions) for name, net in (hypernetworks or {}).items()}
+    one_pass = {}
+    for name, net in (hypernetworks or {}).items():
+        one_pass[name] = {n: v.cpu() for n, v in net.generate(test_conditions).items()}
 
     tasks = list(tasksets.test)
     references = [{n: v[-1] for n, v in store.read(t.task_id).params.items()} for t in tasks]

@@ -34,12 +34,16 @@ class OnePassHypernetwork(AnchoredDecoding, nn.Module):
 
     @classmethod
     def like(cls, generator: McDiGenerator) -> OnePassHypernetwork:
-        """An untrained one-pass network with ``generator``'s architecture, codec statistics and anchor."""
+        """An untrained one-pass network with ``generator``'s architecture, codec statistics, anchor and device."""
         network = cls(generator.config)
         network.codec.load_state_dict(generator.codec.state_dict())
         if generator.anchor is not None:
             network.anchor.load_state_dict(generator.anchor.state_dict())
-        return network
+        return network.to(generator.device)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
 
     def forward(self, condition: torch.Tensor) -> torch.Tensor:
         """Conditions (B, C) [(B, N, C)] → normalised weight vectors (B, D)."""
@@ -51,7 +55,9 @@ class OnePassHypernetwork(AnchoredDecoding, nn.Module):
 
     @torch.inference_mode()
     def generate(self, condition: torch.Tensor) -> dict[str, torch.Tensor]:
-        return self.decode(self(condition.float()), condition.float())
+        """Weights for conditions on any device, on the network's device (as ``McDiGenerator.generate``)."""
+        condition = condition.to(self.device, torch.float32)
+        return self.decode(self(condition), condition)
 
     def fit(
         self,
@@ -65,7 +71,7 @@ class OnePassHypernetwork(AnchoredDecoding, nn.Module):
         """Regress the final local target θ⁽ᵏ⁾ (codec space) from the condition with Adam; returns the loss curve."""
 
         def loss(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-            return (self(data.conditions[rows]) - data.targets[rows, -1]).pow(2).mean()
+            return (self(data.conditions[rows].to(self.device)) - data.targets[rows, -1].to(self.device)).pow(2).mean()
 
         return self._train(data, loss, num_steps, batch_size, lr, seed, progress, "hypernetwork")
 
@@ -91,8 +97,8 @@ class OnePassHypernetwork(AnchoredDecoding, nn.Module):
         def loss(rows: torch.Tensor, g: torch.Generator) -> torch.Tensor:
             chosen = [tasks[i] for i in rows.tolist()]
             batches = [next(iter(t.train_batches(0, g))) for t in chosen]
-            weights = self.decode(self(data.conditions[rows]), data.conditions[rows])
-            return type(chosen[0]).grouped_loss(chosen, weights, batches).mean()
+            conditions = data.conditions[rows].to(self.device)
+            return type(chosen[0]).grouped_loss(chosen, self.decode(self(conditions), conditions), batches).mean()
 
         return self._train(
             data, loss, num_steps, batch_size, lr, seed, progress, "hypernetwork (task loss)", checkpoint_dir
