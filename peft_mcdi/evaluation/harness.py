@@ -85,7 +85,7 @@ def seeds_to_run(seeds: list[int] | None, quick: bool) -> list[int]:
     return [0] if quick else [0, 1, 2]
 
 
-def run_jobs(jobs: Sequence[Callable[[], object]], workers: int) -> None:
+def run_jobs(jobs: Sequence[Callable[[], object]], workers: int, start_method: str = "fork") -> None:
     """Run ``jobs`` (picklable callables, e.g. ``functools.partial`` of module functions) in ``workers`` processes
     of one thread each, handed out in order as processes free up; the first failure is raised here and stops the rest.
 
@@ -93,10 +93,11 @@ def run_jobs(jobs: Sequence[Callable[[], object]], workers: int) -> None:
     and on a small CPU one thread per job uses the cores far better than several threads on one small model. The
     children are forked, so a task family or benchmark base registered in this process is theirs too, and keep to
     one thread, which a forked child can always start. They ignore Ctrl-C: the parent stops them, and each stage's
-    cache keeps what finished."""
+    cache keeps what finished. ``start_method="spawn"`` starts fresh interpreters instead, for jobs on an
+    accelerator the parent has opened (a forked child cannot use it); they see only what their modules register."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}.")
-    context = multiprocessing.get_context("fork")
+    context = multiprocessing.get_context(start_method)
     with context.Pool(workers, initializer=_one_thread_child, maxtasksperchild=1) as pool:
         for _ in pool.imap_unordered(_call, jobs):
             pass

@@ -511,12 +511,17 @@ def task_split_baselines(config: LLMBenchConfig, seed: int, tasksets, log=print)
 def prefill_stages(config: LLMBenchConfig, seed: int, workers: int) -> None:
     """Fill the stage caches of one seed from ``workers`` one-thread processes (:func:`run_jobs`), so that
     :func:`run_llm_benchmark` then reads every stage back: first the zoo, one shard per process, then the generator
-    variants and the baselines, longest first (the functional variants, the baselines, the paper's variants)."""
-    _seed_tasksets(config, seed)  # built once here: the forked jobs inherit it
-    run_jobs([partial(_zoo_shard, config, seed, rank, workers) for rank in range(workers)], workers)
+    variants and the baselines, longest first (the functional variants, the baselines, the paper's variants). On an
+    accelerator (:func:`~peft_mcdi.utils.compute_device`) the processes are spawned, each with its own context: one
+    process's small passes leave the device idle most of the time."""
+    on_cpu = compute_device().type == "cpu"
+    if on_cpu:
+        _seed_tasksets(config, seed)  # built once here: the forked jobs inherit it
+    start = "fork" if on_cpu else "spawn"
+    run_jobs([partial(_zoo_shard, config, seed, rank, workers) for rank in range(workers)], workers, start)
     functional = [partial(_variant_stage, config, seed, v) for v in config.variants if variant_recipe(v)[1]]
     paper = [partial(_variant_stage, config, seed, v) for v in config.variants if not variant_recipe(v)[1]]
-    run_jobs([*functional, partial(_baseline_stage, config, seed), *paper], workers)
+    run_jobs([*functional, partial(_baseline_stage, config, seed), *paper], workers, start)
 
 
 _TASKSETS: dict[str, object] = {}  # the task splits prefill_stages built, by family and arguments

@@ -98,6 +98,8 @@ def test_run_jobs_runs_every_job_in_one_thread_processes_and_raises_a_failure(tm
         run_jobs([partial(_job, tmp_path, "bad")], workers=2)
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_jobs([], workers=0)
+    run_jobs([partial(_job, tmp_path, "spawned")], workers=1, start_method="spawn")  # the accelerator's way
+    assert json.loads((tmp_path / "spawned").read_text())["threads"] == 1
 
 
 def test_quick_runs_one_seed_unless_asked():
