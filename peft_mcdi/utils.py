@@ -94,7 +94,11 @@ def cache_root() -> Path:
 def compute_device() -> torch.device:
     """Where the benchmarks run base models and train generators: ``$MCDI_DEVICE`` (e.g. ``cuda``), else the CPU.
     An execution setting, like the thread count: it is in no configuration, so no cache key depends on it."""
-    return torch.device(os.environ.get("MCDI_DEVICE") or "cpu")
+    name = os.environ.get("MCDI_DEVICE") or "cpu"
+    try:
+        return torch.device(name)
+    except RuntimeError as err:
+        raise ValueError(f"$MCDI_DEVICE must name a torch device such as 'cpu' or 'cuda', got {name!r}.") from err
 
 
 class DictConfigMixin:

@@ -1,10 +1,12 @@
-"""Config dictionaries: nested configs from dicts; fields added after caches existed keep earlier cache keys."""
+"""Config dictionaries: nested configs from dicts; fields added after caches existed keep earlier cache keys; the
+compute device from the environment."""
 
 from dataclasses import dataclass, field
 
 import pytest
+import torch
 
-from peft_mcdi.utils import DictConfigMixin, stable_hash
+from peft_mcdi.utils import DictConfigMixin, compute_device, stable_hash
 
 
 @dataclass
@@ -42,3 +44,13 @@ def test_nested_configs_given_as_dicts_become_their_classes():
     assert Outer.from_dict(outer.to_dict()) == outer
     with pytest.raises(ValueError, match=r"unknown Before keys \['lrr'\]"):
         Outer(inner={"lrr": 0.1})
+
+
+def test_the_compute_device_comes_from_the_environment_and_a_bad_name_is_named(monkeypatch):
+    monkeypatch.delenv("MCDI_DEVICE", raising=False)
+    assert compute_device() == torch.device("cpu")
+    monkeypatch.setenv("MCDI_DEVICE", "meta")
+    assert compute_device() == torch.device("meta")
+    monkeypatch.setenv("MCDI_DEVICE", "gpu")
+    with pytest.raises(ValueError, match=r"\$MCDI_DEVICE must name a torch device .* got 'gpu'"):
+        compute_device()
