@@ -3,6 +3,7 @@ targets (or every epoch), and write them to a :class:`~peft_mcdi.zoo.store.ZooSt
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatch
@@ -179,18 +180,15 @@ def train_task_group(
     for epoch in range(1, config.num_epochs + 1):
         losses = []
         epochs = [t.train_batches(epoch, g) for t, g in zip(tasks, generators)]
-        try:
-            for batches in zip(*epochs, strict=True):
-                batches = [t.augment(b, g) for t, b, g in zip(tasks, batches, generators)]
-                optimizer.zero_grad()
-                loss = type(tasks[0]).grouped_loss(tasks, params, batches)
-                loss.sum().backward()  # task g's loss depends on params[g] only: one backward, every gradient
-                optimizer.step()
-                losses.append(loss.detach())
-        except ValueError as err:
-            if "zip()" not in str(err):
-                raise
-            raise ValueError("train_task_group needs tasks with as many training batches per epoch.") from err
+        for batches in itertools.zip_longest(*epochs):
+            if any(b is None for b in batches):
+                raise ValueError("train_task_group needs tasks with as many training batches per epoch.")
+            batches = [t.augment(b, g) for t, b, g in zip(tasks, batches, generators)]
+            optimizer.zero_grad()
+            loss = type(tasks[0]).grouped_loss(tasks, params, batches)
+            loss.sum().backward()  # task g's loss depends on params[g] only: one backward, every gradient
+            optimizer.step()
+            losses.append(loss.detach())
         mean = torch.stack(losses).mean(0).tolist()
         for g, record in enumerate(records):
             record.end_of_epoch(epoch, mean[g], {k: v[g] for k, v in params.items()})
