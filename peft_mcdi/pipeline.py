@@ -23,7 +23,7 @@ from peft_mcdi.meta.chain import ChainFinetuneConfig, finetune_through_chain
 from peft_mcdi.meta.data import ZooTensors, fit_codec, load_raw_targets, load_zoo_tensors
 from peft_mcdi.meta.trainer import ALGORITHMS, MetaTrainConfig, MetaTrainer
 from peft_mcdi.tasks.base import get_tasksets
-from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash
+from peft_mcdi.utils import DictConfigMixin, atomic_write_text, cache_root, stable_hash, unstacked
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
 
@@ -576,12 +576,12 @@ def evaluate_heldout(
     references = [{n: v[-1] for n, v in store.read(t.task_id).params.items()} for t in tasks]
     rows = range(len(tasks))
     candidates = {
-        "generated": [{n: v[j] for n, v in generated.items()} for j in rows],
+        "generated": unstacked(generated),
         "nearest_task": [{n: v[nearest[j]] for n, v in train_final.items()} for j in rows],
         "mean_of_zoo": [mean for _ in rows],
         "init": [t.init_params() for t in tasks],
         "per_task_reference": references,
-        **{name: [{n: v[j] for n, v in weights.items()} for j in rows] for name, weights in one_pass.items()},
+        **{name: unstacked(weights) for name, weights in one_pass.items()},
     }
     methods = {name: type(tasks[0]).evaluate_group(tasks, params) for name, params in candidates.items()}
 

@@ -101,6 +101,16 @@ def compute_device() -> torch.device:
         raise ValueError(f"$MCDI_DEVICE must name a torch device such as 'cpu' or 'cuda', got {name!r}.") from err
 
 
+def to_device(tensors: Mapping, device: torch.device) -> dict:
+    """``tensors`` with every tensor value on ``device`` (differentiably) and anything else unchanged."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+
+
+def unstacked(weights: Mapping[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """Weights with a leading task axis → one weight dict per task."""
+    return [{k: v[j] for k, v in weights.items()} for j in range(next(iter(weights.values())).shape[0])]
+
+
 class DictConfigMixin:
     """For config dataclasses: ``to_dict`` and a ``from_dict`` that names unknown keys and lists the allowed ones."""
 

@@ -50,6 +50,7 @@ from peft_mcdi.utils import (
     compute_device,
     merged,
     stable_hash,
+    unstacked,
 )
 from peft_mcdi.zoo.recorder import RecorderConfig, collect
 from peft_mcdi.zoo.store import ZooStore
@@ -480,11 +481,6 @@ def other_split(config: LLMBenchConfig, seed: int, tasks, train_tasks, store: Zo
 def scores(tasks, params: list[dict[str, torch.Tensor]]) -> list[float]:
     """``tasks[j]``'s held-out metric with ``params[j]``, in one batched evaluation where the family has one."""
     return type(tasks[0]).evaluate_group(tasks, params)
-
-
-def unstacked(weights: dict[str, torch.Tensor]) -> list[dict[str, torch.Tensor]]:
-    """Generated weights with a leading task axis → one weight dict per task."""
-    return [{k: v[j] for k, v in weights.items()} for j in range(next(iter(weights.values())).shape[0])]
 
 
 def _choices(tasks) -> bool:

@@ -157,9 +157,12 @@ class WordFormLoRATask(ConceptLoRATask):
         references = [a for t in tasks for _, a in t.concept.test]
         groups = torch.cat([torch.full((len(t.concept.test),), g) for g, t in enumerate(tasks)])
         answers = model.generate(stacked, model.prompt_texts(words), model.answer_budget(references), groups)
-        ends = torch.tensor([len(t.concept.test) for t in tasks]).cumsum(0).tolist()
-        return [exact_match(answers[e - len(t.concept.test) : e], references[e - len(t.concept.test) : e])
-                for t, e in zip(tasks, ends)]  # fmt: skip
+        scores, start = [], 0
+        for task in tasks:
+            end = start + len(task.concept.test)
+            scores.append(exact_match(answers[start:end], references[start:end]))
+            start = end
+        return scores
 
     def roc_auc(self, params: dict[str, torch.Tensor]) -> float:
         raise NotImplementedError("a generated answer has no score margin to rank by: ROC AUC is for choice tasks.")

@@ -21,7 +21,7 @@ from torch.func import functional_call
 
 from peft_mcdi.tasks.base import Task, TaskSet, TaskSets, accuracy, register_tasksets
 from peft_mcdi.tasks.wordnet import ConceptTask, WordNetTaskConfig, build_concept_tasks
-from peft_mcdi.utils import compute_device
+from peft_mcdi.utils import compute_device, to_device
 
 
 class SharedLoRAModel:
@@ -52,7 +52,7 @@ class SharedLoRAModel:
 
     def on_device(self, tensors: dict) -> dict:
         """``tensors``' tensor values on :attr:`device` (differentiably: gradients flow back to CPU adapters)."""
-        return {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in tensors.items()}
+        return to_device(tensors, self.device)
 
     PROMPT_LENGTH = 64  # tokens kept of a task description put before the example (prompted baselines)
     LABELS = ("no", "yes")  # class 0 and 1 of every task of these families: is the input a member?

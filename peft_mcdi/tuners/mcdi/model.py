@@ -28,6 +28,7 @@ from peft_mcdi.generator.model import (
     local_generator_folder,
 )
 from peft_mcdi.generator.schedulers import SchedulerConfig
+from peft_mcdi.utils import to_device
 
 
 @dataclass
@@ -326,8 +327,7 @@ class McDiModel(LoraModel):
 
     def _on_adapter_device(self, adapter_name: str, examples: dict) -> dict:
         """``examples``' tensors on the adapter's device: a user tokenises on the CPU, the model may sit on a GPU."""
-        device = self._adapter_device(adapter_name)
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in examples.items()}
+        return to_device(examples, self._adapter_device(adapter_name))
 
     def _refine(self, adapter_name: str, examples: dict, steps: int, lr: float) -> None:
         """``steps`` Adam steps on ``adapter_name``'s own weights (LoRA and head) on the loss of ``examples``, with
